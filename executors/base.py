@@ -1,0 +1,76 @@
+"""The executor plug-in contract: a typed config in, a plain JSON-able result out.
+
+Executors never import ``tasks_app``; everything they need comes in the config and the
+:class:`ExecutionContext`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .egress import EgressPolicy
+from .errors import ConfigError
+
+
+class ActionConfig(BaseModel):
+    """Base of every action's typed config: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=ActionConfig)
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    task_id: str
+    execution_id: str
+    attempt: int
+    idempotency_key: str
+    log: Callable[[str], None]
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    variables: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    output: Any
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """('tasks', 2, 'url') -> 'tasks[2].url'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+class Executor(ABC, Generic[ConfigT]):
+    """One action type. Subclasses set ``action_type`` and ``Config``, and implement ``execute``."""
+
+    action_type: ClassVar[str]
+    Config: ClassVar[type[ActionConfig]]
+
+    def validate(self, raw: Mapping[str, Any]) -> ConfigT:
+        try:
+            return self.Config.model_validate(dict(raw))  # type: ignore[return-value]
+        except ValidationError as exc:
+            raise ConfigError(
+                [(error_path(err["loc"]), err["msg"]) for err in exc.errors()]
+            ) from None
+
+    @abstractmethod
+    def execute(self, config: ConfigT, ctx: ExecutionContext) -> ActionResult:
+        """Do the work; raise RetryableError or PermanentError on failure."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.action_type}>"

@@ -1,0 +1,148 @@
+"""Operators' admin. Saving a task goes through the model's validation and schedule sync;
+the beat rows it produces show under "Periodic tasks" (django-celery-beat's admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .models import ScheduledTask, TaskExecution, TaskWebhook
+from .services import definitions, dispatch
+
+
+class ExecutionInline(admin.TabularInline):
+    model = TaskExecution
+    fields = ("status", "trigger", "scheduled_for", "started_at", "duration_ms", "attempt", "error")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    show_change_link = True
+    ordering = ("-queued_at",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).defer("logs", "result", "payload")
+
+
+@admin.register(ScheduledTask)
+class ScheduledTaskAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "owner",
+        "type",
+        "status",
+        "schedule",
+        "next_run",
+        "last_run",
+        "run_count",
+    )
+    list_filter = ("status", "type")
+    search_fields = ("name", "description")
+    list_select_related = ("owner",)
+    readonly_fields = (
+        "status",
+        "last_run",
+        "next_run",
+        "run_count",
+        "beat_entry",
+        "created_at",
+        "updated_at",
+        "history",
+    )
+    fields = (
+        "owner",
+        "name",
+        "description",
+        "type",
+        "cron",
+        "timezone",
+        "run_at",
+        "trigger",
+        "action",
+        "conditions",
+        "retry_policy",
+        "notification",
+    ) + readonly_fields
+    inlines = [ExecutionInline]
+    actions = ["pause", "resume", "run_now"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"owner": request.user.pk, "timezone": "UTC"}
+
+    @admin.display(description="schedule")
+    def schedule(self, task: ScheduledTask) -> str:
+        if task.type == "recurring":
+            return f"{task.cron} ({task.timezone})"
+        if task.type == "one-time":
+            return f"at {task.run_at:%Y-%m-%d %H:%M:%S %Z}" if task.run_at else "-"
+        return f"on {(task.trigger or {}).get('type', '?')}"
+
+    @admin.display(description="beat entry")
+    def beat_entry(self, task: ScheduledTask) -> str:
+        if not task.periodic_task_id:
+            return "-"
+        url = reverse("admin:django_celery_beat_periodictask_change", args=[task.periodic_task_id])
+        return format_html('<a href="{}">{}</a>', url, task.periodic_task)
+
+    @admin.display(description="history")
+    def history(self, task: ScheduledTask) -> str:
+        if not task.pk:
+            return "-"
+        url = reverse("admin:tasks_app_taskexecution_changelist") + f"?task__id__exact={task.pk}"
+        return format_html('<a href="{}">History</a>', url)
+
+    @admin.action(description="Pause selected tasks")
+    def pause(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        for task in queryset:
+            definitions.task_pause(task=task)
+        messages.success(request, f"Paused {queryset.count()} task(s).")
+
+    @admin.action(description="Resume selected tasks")
+    def resume(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        for task in queryset:
+            definitions.task_resume(task=task)
+        messages.success(request, f"Resumed {queryset.count()} task(s).")
+
+    @admin.action(description="Run selected tasks now")
+    def run_now(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        for task in queryset:
+            dispatch.task_run_now(task=task)
+        messages.success(request, f"Queued {queryset.count()} run(s).")
+
+
+@admin.register(TaskExecution)
+class TaskExecutionAdmin(admin.ModelAdmin):
+    list_display = (
+        "task",
+        "status",
+        "trigger",
+        "scheduled_for",
+        "started_at",
+        "duration_ms",
+        "attempt",
+    )
+    list_filter = ("status", "trigger")
+    search_fields = ("task__name", "error")
+    list_select_related = ("task",)
+    date_hierarchy = "queued_at"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in TaskExecution._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(TaskWebhook)
+class TaskWebhookAdmin(admin.ModelAdmin):
+    list_display = ("webhook_id", "task", "active", "created_at", "last_used_at")
+    exclude = ("secret",)
+    readonly_fields = ("webhook_id", "created_at", "last_used_at")
+    list_select_related = ("task",)

@@ -1,0 +1,83 @@
+"""The beat scheduler: django-celery-beat's DatabaseScheduler, with our task's cron
+entries evaluated by :mod:`tasks_app.cron` and each fire stamped with its nominal
+occurrence (the key of its execution, so two beats or a restart never run it twice)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import schedules
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
+
+from . import cron as cronlib
+from .conf import RUN_TASK_NAME
+
+
+class CronSchedule(schedules.BaseSchedule):
+    """A celery schedule driven by our cron semantics in the entry's timezone."""
+
+    def __init__(self, cron: cronlib.Cron, app: Any = None) -> None:
+        self.cron = cron
+        super().__init__(app=app)
+
+    def occurrence(self, now: datetime) -> datetime | None:
+        return self.cron.latest_at_or_before(now)
+
+    def remaining_estimate(self, last_run_at: datetime) -> Any:
+        now = self.now()
+        upcoming = self.cron.next_after(max(now, last_run_at))
+        return (upcoming - now) if upcoming else None
+
+    def is_due(self, last_run_at: datetime) -> schedules.schedstate:
+        now = self.now()
+        latest = self.occurrence(now)
+        upcoming = self.cron.next_after(now)
+        wait = (upcoming - now).total_seconds() if upcoming else 3600.0
+        return schedules.schedstate(bool(latest and latest > last_run_at), max(wait, 0.05))
+
+    def __repr__(self) -> str:
+        return f"<cron: {self.cron.expression} {self.cron.timezone}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CronSchedule) and other.cron == self.cron
+
+    def __hash__(self) -> int:
+        return hash(self.cron)
+
+
+class Entry(ModelEntry):
+    def __init__(self, model: Any, app: Any = None) -> None:
+        super().__init__(model, app=app)
+        if model.task == RUN_TASK_NAME and model.crontab_id:
+            tab = model.crontab
+            expression = " ".join(
+                (tab.minute, tab.hour, tab.day_of_month, tab.month_of_year, tab.day_of_week)
+            )
+            self.schedule = CronSchedule(cronlib.Cron(expression, str(tab.timezone)), app=self.app)
+
+    def occurrence(self) -> datetime | None:
+        if isinstance(self.schedule, CronSchedule):
+            return self.schedule.occurrence(datetime.now(UTC))
+        if self.model.clocked_id:
+            return self.model.clocked.clocked_time
+        return None
+
+
+class Scheduler(DatabaseScheduler):
+    Entry = Entry
+
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        if entry.task != RUN_TASK_NAME:
+            return super().apply_async(entry, producer, advance, **kwargs)
+        occurrence = entry.occurrence()
+        if advance:
+            entry = self.reserve(entry)
+        if occurrence is None:
+            return None
+        # The entry handed in here is the one being sent (a fresh one is kept in the
+        # schedule), so stamping its kwargs affects this message only.
+        entry.kwargs = {**entry.kwargs, "scheduled_for": occurrence.isoformat()}
+        return super().apply_async(entry, producer, advance=False, **kwargs)

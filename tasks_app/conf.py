@@ -1,0 +1,48 @@
+"""Typed access to the SCHEDULER_* settings and the stable Celery task names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from executors.egress import EgressPolicy
+
+# Stable names: beat rows store them as strings, so never rename.
+RUN_TASK_NAME = "tasks_app.run_task"
+RECOVER_TASK_NAME = "tasks_app.recover_executions"
+BEAT_ENTRY_PREFIX = "scheduled-task:"
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    task_time_limit: int
+    lease_grace: int
+    max_deliveries: int
+    requeue_after: int
+    egress_allow: tuple[str, ...]
+    egress_timeout: int
+    egress_max_bytes: int
+
+    @property
+    def lease_seconds(self) -> int:
+        return self.task_time_limit + self.lease_grace
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy(
+            allow=self.egress_allow,
+            timeout=float(self.egress_timeout),
+            max_bytes=self.egress_max_bytes,
+        )
+
+
+def scheduler_settings() -> SchedulerSettings:
+    return SchedulerSettings(
+        task_time_limit=settings.SCHEDULER_TASK_TIME_LIMIT,
+        lease_grace=settings.SCHEDULER_LEASE_GRACE,
+        max_deliveries=settings.SCHEDULER_MAX_DELIVERIES,
+        requeue_after=settings.SCHEDULER_REQUEUE_AFTER,
+        egress_allow=tuple(settings.SCHEDULER_EGRESS_ALLOW),
+        egress_timeout=settings.SCHEDULER_EGRESS_TIMEOUT,
+        egress_max_bytes=settings.SCHEDULER_EGRESS_MAX_BYTES,
+    )

@@ -1,0 +1,271 @@
+"""Task definitions, their executions and their inbound webhooks (the guide's tables)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import models, transaction
+from django.db.models import Q
+from django_celery_beat.models import PeriodicTask
+
+
+class TaskType(models.TextChoices):
+    ONE_TIME = "one-time", "One-time"
+    RECURRING = "recurring", "Recurring"
+    TRIGGER = "trigger", "Trigger"
+
+
+class TaskStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class TriggerType(models.TextChoices):
+    WEBHOOK = "webhook", "Webhook"
+    EMAIL = "email", "Email"
+    EVENT = "event", "Event"
+
+
+class ActionType(models.TextChoices):
+    AI_PROMPT = "ai-prompt", "AI prompt"
+    SEND_EMAIL = "send-email", "Send email"
+    WEBHOOK = "webhook", "Webhook"
+    RUN_CODE = "run-code", "Run code"
+    GENERATE_REPORT = "generate-report", "Generate report"
+    WEB_SCRAPE = "web-scrape", "Web scrape"
+    CHAIN = "chain", "Chain"
+    FILE_OPERATION = "file-operation", "File operation"
+    GOOGLE_WORKSPACE = "google-workspace", "Google Workspace"
+
+
+class ExecutionStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+    RETRYING = "retrying", "Retrying"
+
+
+class ExecutionTrigger(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    MANUAL = "manual", "Run now"
+    WEBHOOK = "webhook", "Webhook"
+    EMAIL = "email", "Email"
+    EVENT = "event", "Event"
+
+
+DEFINITION_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "type",
+        "cron",
+        "timezone",
+        "run_at",
+        "trigger",
+        "action",
+        "conditions",
+        "retry_policy",
+        "notification",
+        "status",
+        "owner",
+    }
+)
+
+
+PATH_FIELDS = {
+    "name": "name",
+    "description": "description",
+    "type": "type",
+    "trigger": "trigger",
+    "action": "action",
+    "conditions": "conditions",
+    "retryPolicy": "retry_policy",
+    "notification": "notification",
+    "status": "status",
+}
+SCHEDULE_PATH_FIELDS = {
+    "schedule.cron": "cron",
+    "schedule.timezone": "timezone",
+    "schedule.at": "run_at",
+}
+
+
+class ScheduledTask(models.Model):
+    """What to run and when; beat rows are derived from it by services.schedules."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scheduled_tasks"
+    )
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    type = models.CharField(max_length=16, choices=TaskType.choices)
+    cron = models.CharField(
+        max_length=120, blank=True, default="", help_text="5-field cron, recurring tasks only"
+    )
+    timezone = models.CharField(max_length=64, default="UTC", help_text="IANA timezone name")
+    run_at = models.DateTimeField(null=True, blank=True, help_text="When a one-time task runs")
+    trigger = models.JSONField(null=True, blank=True, help_text='{"type": "webhook", "config": {}}')
+    action = models.JSONField()
+    conditions = models.JSONField(default=list, blank=True)
+    retry_policy = models.JSONField(default=dict, blank=True)
+    notification = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.ACTIVE)
+    last_run = models.DateTimeField(null=True, blank=True)
+    next_run = models.DateTimeField(null=True, blank=True)
+    run_count = models.PositiveIntegerField(default=0)
+    periodic_task = models.OneToOneField(
+        PeriodicTask,
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="scheduled_task",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "scheduled_tasks"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "status"], name="scheduled_owner_status"),
+            models.Index(fields=["status", "next_run"], name="scheduled_status_next_run"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(type__in=TaskType.values), name="scheduled_task_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=TaskStatus.values), name="scheduled_task_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(type=TaskType.ONE_TIME) | Q(run_at__isnull=False),
+                name="one_time_task_has_run_at",
+            ),
+            models.CheckConstraint(
+                condition=~Q(type=TaskType.RECURRING) | ~Q(cron=""),
+                name="recurring_task_has_cron",
+            ),
+            models.CheckConstraint(
+                condition=~Q(type=TaskType.TRIGGER) | Q(trigger__isnull=False),
+                name="trigger_task_has_trigger",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def action_type(self) -> str:
+        return (self.action or {}).get("type", "")
+
+    def clean(self) -> None:
+        """Validate the definition; errors are keyed by model field for forms."""
+        from .validation import validate_task
+
+        try:
+            validate_task(self)
+        except ValidationError as exc:
+            by_field: dict[str, list[str]] = {}
+            for path, messages in exc.message_dict.items():
+                field = PATH_FIELDS.get(path.split(".")[0].split("[")[0], NON_FIELD_ERRORS)
+                if path.startswith("schedule."):
+                    field = SCHEDULE_PATH_FIELDS.get(path, "cron")
+                by_field.setdefault(field, []).extend(f"{path}: {m}" for m in messages)
+            raise ValidationError(by_field) from None
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Atomic so that the beat row (synced by a post_save receiver) and the
+        # definition change commit or roll back together.
+        with transaction.atomic(using=kwargs.get("using")):
+            super().save(*args, **kwargs)
+
+
+class TaskExecution(models.Model):
+    """One run of a task: a scheduled occurrence, a manual run or a trigger."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.ForeignKey(ScheduledTask, on_delete=models.CASCADE, related_name="executions")
+    status = models.CharField(
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.QUEUED
+    )
+    trigger = models.CharField(max_length=16, choices=ExecutionTrigger.choices)
+    scheduled_for = models.DateTimeField(
+        null=True, blank=True, help_text="Nominal occurrence (UTC) for scheduled fires"
+    )
+    payload = models.JSONField(null=True, blank=True, help_text="Trigger input for the action")
+    queued_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0, help_text="Attempts started (retries + 1)")
+    deliveries = models.PositiveIntegerField(
+        default=0, help_text="Times a worker started the current attempt"
+    )
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, default="", help_text="host:pid")
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    logs = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        db_table = "task_executions"
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["task", "-queued_at"], name="execution_task_recent"),
+            models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task", "scheduled_for"],
+                condition=Q(trigger=ExecutionTrigger.SCHEDULED),
+                name="one_execution_per_occurrence",
+            ),
+            models.CheckConstraint(
+                condition=~Q(trigger=ExecutionTrigger.SCHEDULED) | Q(scheduled_for__isnull=False),
+                name="scheduled_execution_has_occurrence",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} {self.trigger} {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {
+            ExecutionStatus.COMPLETED,
+            ExecutionStatus.FAILED,
+            ExecutionStatus.SKIPPED,
+        }
+
+
+class TaskWebhook(models.Model):
+    """An inbound webhook URL that starts a trigger task."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.ForeignKey(ScheduledTask, on_delete=models.CASCADE, related_name="webhooks")
+    webhook_id = models.CharField(max_length=64, unique=True)
+    secret = models.CharField(max_length=128)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "task_webhooks"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.webhook_id

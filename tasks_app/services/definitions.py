@@ -1,0 +1,87 @@
+"""Writes to task definitions. Each runs in one transaction with its schedule sync
+(ScheduledTask.save is atomic and the sync receiver runs inside it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import ScheduledTask, TaskStatus, TaskType
+from ..validation import validate_task
+
+EDITABLE = frozenset(
+    {
+        "name",
+        "description",
+        "type",
+        "cron",
+        "timezone",
+        "run_at",
+        "trigger",
+        "action",
+        "conditions",
+        "retry_policy",
+        "notification",
+    }
+)
+
+
+def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
+    if task.type == TaskType.ONE_TIME and task.run_at is not None and task.run_at <= now:
+        raise ValidationError({"schedule.at": ["must be in the future"]})
+
+
+def task_create(
+    *, owner: AbstractBaseUser, name: str, type: str, action: dict[str, Any], **fields: Any
+) -> ScheduledTask:
+    unknown = set(fields) - EDITABLE
+    if unknown:
+        raise TypeError(f"unknown task fields: {', '.join(sorted(unknown))}")
+    task = ScheduledTask(owner=owner, name=name, type=type, action=action, **fields)
+    validate_task(task)
+    _check_run_at(task, now=timezone.now())
+    task.save()
+    return task
+
+
+def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
+    unknown = set(changes) - EDITABLE
+    if unknown:
+        raise TypeError(f"unknown task fields: {', '.join(sorted(unknown))}")
+    for field, value in changes.items():
+        setattr(task, field, value)
+    validate_task(task)
+    if "run_at" in changes or "type" in changes:
+        _check_run_at(task, now=timezone.now())
+    if (
+        task.type == TaskType.ONE_TIME
+        and task.status == TaskStatus.COMPLETED
+        and "run_at" in changes
+    ):
+        task.status = TaskStatus.ACTIVE  # rescheduling a finished one-time task re-arms it
+    task.save()
+    return task
+
+
+def task_pause(*, task: ScheduledTask) -> ScheduledTask:
+    if task.status == TaskStatus.ACTIVE:
+        task.status = TaskStatus.PAUSED
+        task.save(update_fields=["status", "updated_at"])
+    return task
+
+
+def task_resume(*, task: ScheduledTask) -> ScheduledTask:
+    if task.status == TaskStatus.PAUSED:
+        task.status = TaskStatus.ACTIVE
+        task.save(update_fields=["status", "updated_at"])
+    return task
+
+
+def task_delete(*, task: ScheduledTask) -> None:
+    with transaction.atomic():
+        task.delete()

@@ -1,0 +1,31 @@
+"""Publishing run messages: always after the surrounding transaction commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import current_app
+from django.db import transaction
+from django.utils import timezone
+
+from ..conf import RUN_TASK_NAME
+from ..models import ExecutionStatus, ExecutionTrigger, ScheduledTask, TaskExecution
+
+
+def execution_publish(*, execution: TaskExecution, attempt: int) -> None:
+    """Send a run message for ``attempt`` once the current transaction has committed."""
+    TaskExecution.objects.filter(pk=execution.pk).update(enqueued_at=timezone.now())
+    kwargs = {"execution_id": str(execution.pk), "attempt": attempt}
+    transaction.on_commit(lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs))
+
+
+def task_run_now(
+    *, task: ScheduledTask, trigger: str = ExecutionTrigger.MANUAL, payload: Any = None
+) -> TaskExecution:
+    """Queue one execution of ``task`` outside its schedule (run now, webhook, event)."""
+    with transaction.atomic():
+        execution = TaskExecution.objects.create(
+            task=task, trigger=trigger, payload=payload, status=ExecutionStatus.QUEUED
+        )
+        execution_publish(execution=execution, attempt=1)
+    return execution

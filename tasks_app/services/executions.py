@@ -1,0 +1,307 @@
+"""The life of one execution: claim it, run its action, record what happened.
+
+Delivery is at-least-once (acks_late, requeue on worker loss); these functions make
+the effect exactly-once. Each message names the attempt it wants to start; a claim
+succeeds only when that attempt is due, or when the attempt's previous holder is
+provably dead (its lease ran out, or its process on this host is gone). Everything
+else is a duplicate and is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+import executors
+from executors.base import ExecutionContext
+from executors.errors import ExecutorError, RetryableError
+
+from ..conf import scheduler_settings
+from ..models import (
+    ExecutionStatus,
+    ExecutionTrigger,
+    ScheduledTask,
+    TaskExecution,
+    TaskStatus,
+    TaskType,
+)
+from ..specs import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+WAITING = (ExecutionStatus.QUEUED, ExecutionStatus.RETRYING)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def log_entry(message: str, level: str = "info") -> dict[str, str]:
+    return {"at": timezone.now().isoformat(), "level": level, "message": message}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    retry_in: float | None = None
+
+
+def execution_for_occurrence(*, task_id: str, scheduled_for: datetime) -> TaskExecution | None:
+    """The execution record of one scheduled occurrence, made once whoever asks first."""
+    task = ScheduledTask.objects.filter(pk=task_id).first()
+    if task is None or task.status in {TaskStatus.COMPLETED, TaskStatus.FAILED}:
+        return TaskExecution.objects.filter(
+            task_id=task_id, trigger=ExecutionTrigger.SCHEDULED, scheduled_for=scheduled_for
+        ).first()
+    defaults: dict[str, Any] = {"status": ExecutionStatus.QUEUED}
+    if task.status == TaskStatus.PAUSED:
+        defaults = {
+            "status": ExecutionStatus.SKIPPED,
+            "error": "skipped: the task is paused",
+            "completed_at": timezone.now(),
+        }
+    execution, _ = TaskExecution.objects.get_or_create(
+        task=task,
+        trigger=ExecutionTrigger.SCHEDULED,
+        scheduled_for=scheduled_for,
+        defaults=defaults,
+    )
+    return execution
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def holder_is_dead(execution: TaskExecution, now: datetime) -> bool:
+    if execution.lease_expires_at is not None and execution.lease_expires_at <= now:
+        return True
+    host, _, pid_text = execution.worker.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    # A prefork process runs one task at a time: if the holder is this very process,
+    # its earlier run is over.
+    return pid == os.getpid() or _process_gone(pid)
+
+
+def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExecution | None:
+    """Take the execution for ``attempt``; None when this delivery must not run it."""
+    conf = scheduler_settings()
+    now = timezone.now()
+    with transaction.atomic():
+        execution = (
+            TaskExecution.objects.select_for_update()
+            .select_related("task")
+            .filter(pk=execution_id)
+            .first()
+        )
+        if execution is None or execution.is_finished:
+            return None
+        if execution.status in WAITING:
+            if attempt != execution.attempt + 1:
+                return None
+            execution.deliveries = 1
+        elif execution.status == ExecutionStatus.RUNNING:
+            if attempt != execution.attempt or not holder_is_dead(execution, now):
+                return None
+            execution.logs.append(
+                log_entry(
+                    f"attempt {attempt} was interrupted on {execution.worker or 'a worker'}",
+                    "warning",
+                )
+            )
+            if execution.deliveries >= conf.max_deliveries:
+                _finish(
+                    execution,
+                    status=ExecutionStatus.FAILED,
+                    now=now,
+                    error=(
+                        f"the worker running this execution was lost {execution.deliveries} times; "
+                        "giving up"
+                    ),
+                )
+                return None
+            execution.deliveries += 1
+        execution.status = ExecutionStatus.RUNNING
+        execution.attempt = attempt
+        execution.worker = worker
+        execution.started_at = now
+        execution.next_attempt_at = None
+        execution.lease_expires_at = now + timedelta(seconds=conf.lease_seconds)
+        execution.logs.append(log_entry(f"attempt {attempt} started on {worker}"))
+        execution.save(
+            update_fields=[
+                "status",
+                "attempt",
+                "worker",
+                "started_at",
+                "next_attempt_at",
+                "lease_expires_at",
+                "deliveries",
+                "logs",
+            ]
+        )
+    return execution
+
+
+def execution_run(*, execution: TaskExecution) -> Outcome:
+    """Run the claimed execution's action and record the outcome."""
+    task = execution.task
+    conf = scheduler_settings()
+    logs: list[dict[str, str]] = []
+    ctx = ExecutionContext(
+        task_id=str(task.id),
+        execution_id=str(execution.id),
+        attempt=execution.attempt,
+        idempotency_key=str(execution.id),
+        log=lambda message: logs.append(log_entry(message)),
+        egress=conf.egress_policy(),
+        variables=_variables(execution),
+    )
+    started = time.monotonic()
+    try:
+        executor = executors.registry.get(task.action_type)
+        result = executor.execute(executor.validate(task.action), ctx)
+    except Exception as exc:  # noqa: BLE001 - classified below, never swallowed silently
+        retryable = isinstance(exc, RetryableError) or not isinstance(exc, ExecutorError)
+        if not isinstance(exc, ExecutorError):
+            logger.exception("execution %s: unexpected error", execution.id)
+        return _after_failure(execution, exc, retryable, logs, started)
+    return execution_finish(
+        execution=execution,
+        status=ExecutionStatus.COMPLETED,
+        result=result.output,
+        logs=logs,
+        started=started,
+    )
+
+
+def _variables(execution: TaskExecution) -> dict[str, Any]:
+    payload = execution.payload
+    return {f"{execution.trigger}_payload": payload} if payload is not None else {}
+
+
+def _after_failure(
+    execution: TaskExecution,
+    exc: BaseException,
+    retryable: bool,
+    logs: list[dict[str, str]],
+    started: float,
+) -> Outcome:
+    message = str(exc) or type(exc).__name__
+    logs.append(log_entry(f"attempt {execution.attempt} failed: {message}", "error"))
+    policy = RetryPolicy.model_validate(execution.task.retry_policy or {})
+    if retryable and execution.attempt <= policy.maxRetries:
+        delay = policy.delay_seconds(execution.attempt)
+        logs.append(
+            log_entry(
+                f"retrying in {delay:g}s (attempt {execution.attempt + 1} of "
+                f"{policy.maxRetries + 1})"
+            )
+        )
+        return execution_finish(
+            execution=execution,
+            status=ExecutionStatus.RETRYING,
+            error=message,
+            logs=logs,
+            started=started,
+            retry_in=delay,
+        )
+    return execution_finish(
+        execution=execution,
+        status=ExecutionStatus.FAILED,
+        error=message,
+        logs=logs,
+        started=started,
+    )
+
+
+def execution_finish(
+    *,
+    execution: TaskExecution,
+    status: str,
+    logs: list[dict[str, str]],
+    started: float,
+    result: Any = None,
+    error: str = "",
+    retry_in: float | None = None,
+) -> Outcome:
+    now = timezone.now()
+    with transaction.atomic():
+        current = (
+            TaskExecution.objects.select_for_update()
+            .select_related("task")
+            .filter(
+                pk=execution.pk,
+                status=ExecutionStatus.RUNNING,
+                attempt=execution.attempt,
+                worker=execution.worker,
+            )
+            .first()
+        )
+        if current is None:
+            logger.warning(
+                "execution %s was taken over; dropping this attempt's outcome", execution.pk
+            )
+            return Outcome(status="superseded")
+        current.logs.extend(logs)
+        current.duration_ms = int((time.monotonic() - started) * 1000)
+        if retry_in is not None:
+            current.next_attempt_at = now + timedelta(seconds=retry_in)
+        _finish(current, status=status, now=now, result=result, error=error)
+    return Outcome(status=status, retry_in=retry_in)
+
+
+def _finish(
+    execution: TaskExecution, *, status: str, now: datetime, result: Any = None, error: str = ""
+) -> None:
+    """Write a terminal or retrying state; terminal states update the task's counters."""
+    execution.status = status
+    execution.result = result
+    execution.error = error
+    execution.lease_expires_at = None
+    if status != ExecutionStatus.RETRYING:
+        execution.completed_at = now
+    execution.save()
+    if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+        _record_on_task(execution.task, execution, status)
+
+
+def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) -> None:
+    from .schedules import compute_next_run
+
+    ScheduledTask.objects.filter(pk=task.pk).update(
+        last_run=execution.started_at,
+        run_count=F("run_count") + 1,
+        next_run=compute_next_run(task),
+    )
+    one_time_done = (
+        task.type == TaskType.ONE_TIME
+        and execution.trigger == ExecutionTrigger.SCHEDULED
+        and task.status == TaskStatus.ACTIVE
+    )
+    if one_time_done:
+        task.status = (
+            TaskStatus.COMPLETED if status == ExecutionStatus.COMPLETED else TaskStatus.FAILED
+        )
+        task.save(update_fields=["status", "updated_at"])

@@ -1,0 +1,51 @@
+"""Re-publish executions whose message or worker was lost.
+
+Runs every SCHEDULER_RECOVERY_INTERVAL seconds (a beat entry). A running execution
+whose lease ran out is re-run by whoever claims it next (the claim counts deliveries and
+gives up past SCHEDULER_MAX_DELIVERIES); a queued or retrying one that nobody started
+long after it was due is published again. Duplicate messages are harmless: claims
+drop them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from ..conf import scheduler_settings
+from ..models import ExecutionStatus, TaskExecution
+from .dispatch import execution_publish
+
+BATCH = 500
+
+
+def executions_recover() -> int:
+    now = timezone.now()
+    stale = now - timedelta(seconds=scheduler_settings().requeue_after)
+    lost_worker = Q(status=ExecutionStatus.RUNNING, lease_expires_at__lte=now) & (
+        Q(last_sent__lt=F("lease_expires_at")) | Q(last_sent__lte=stale)
+    )
+    never_started = Q(status=ExecutionStatus.QUEUED, last_sent__lte=stale)
+    retry_lost = Q(
+        status=ExecutionStatus.RETRYING, next_attempt_at__lte=stale, last_sent__lte=stale
+    )
+    count = 0
+    with transaction.atomic():
+        candidates = (
+            TaskExecution.objects.annotate(last_sent=Coalesce("enqueued_at", "queued_at"))
+            .filter(lost_worker | never_started | retry_lost)
+            .only("pk", "status", "attempt")[:BATCH]
+        )
+        for execution in candidates:
+            attempt = (
+                execution.attempt
+                if execution.status == ExecutionStatus.RUNNING
+                else execution.attempt + 1
+            )
+            execution_publish(execution=execution, attempt=attempt)
+            count += 1
+    return count

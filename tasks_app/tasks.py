@@ -1,0 +1,51 @@
+"""Celery tasks: thin wrappers over the services (load -> claim -> executor -> record)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from celery import Task, shared_task
+
+from .conf import RECOVER_TASK_NAME, RUN_TASK_NAME
+from .services import executions, recovery
+
+
+@shared_task(
+    bind=True, name=RUN_TASK_NAME, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
+def run_task(
+    self: Task,
+    task_id: str | None = None,
+    scheduled_for: str | None = None,
+    execution_id: str | None = None,
+    attempt: int = 1,
+) -> dict[str, Any]:
+    """Run one attempt of one execution; exactly once per (execution, attempt)."""
+    if execution_id is None:
+        if task_id is None or scheduled_for is None:
+            return {"outcome": "ignored", "reason": "message names no execution"}
+        execution = executions.execution_for_occurrence(
+            task_id=task_id, scheduled_for=datetime.fromisoformat(scheduled_for)
+        )
+        if execution is None:
+            return {"outcome": "ignored", "reason": "task no longer exists or has finished"}
+        execution_id = str(execution.pk)
+    claimed = executions.execution_claim(
+        execution_id=execution_id, attempt=attempt, worker=executions.worker_identity()
+    )
+    if claimed is None:
+        return {"outcome": "duplicate", "executionId": execution_id}
+    outcome = executions.execution_run(execution=claimed)
+    if outcome.retry_in is not None:
+        raise self.retry(
+            countdown=outcome.retry_in,
+            kwargs={"execution_id": execution_id, "attempt": attempt + 1},
+        )
+    return {"outcome": outcome.status, "executionId": execution_id}
+
+
+@shared_task(name=RECOVER_TASK_NAME, acks_late=False, ignore_result=True)
+def recover_executions() -> int:
+    """Re-publish executions whose message or worker was lost."""
+    return recovery.executions_recover()
