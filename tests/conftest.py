@@ -1,0 +1,50 @@
+"""Test set-up: the unit suite runs on PostgreSQL when it answers (always in CI) and on
+the embedded SQLite otherwise; integration tests start their own stacks."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.http_receiver import Receiver
+from tests.services import CI, POSTGRES, reachable
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    from django.conf import settings
+    from django.db import connections
+
+    if not (CI or reachable(POSTGRES)):
+        return
+    default = settings.DATABASES["default"]
+    default.clear()
+    default.update({
+        "ENGINE": "django.db.backends.postgresql", "NAME": "scheduler", "USER": "postgres",
+        "HOST": POSTGRES[0], "PORT": POSTGRES[1], "PASSWORD": "", "CONN_MAX_AGE": 0,
+        "CONN_HEALTH_CHECKS": False, "OPTIONS": {}, "ATOMIC_REQUESTS": False,
+        "AUTOCOMMIT": True, "TIME_ZONE": None, "TEST": {"NAME": "test_scheduler", "CHARSET": None, "COLLATION": None,
+                 "MIGRATE": True, "MIRROR": None},
+    })
+    connections.close_all()
+    try:
+        del connections["default"]
+    except (AttributeError, KeyError):
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def egress_allow_loopback(settings: Any) -> None:
+    settings.SCHEDULER_EGRESS_ALLOW = ["127.0.0.1"]
+
+
+@pytest.fixture
+def user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")

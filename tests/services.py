@@ -1,0 +1,41 @@
+"""Real services the tests talk to: skip without them on a laptop, fail in CI."""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+
+import pytest
+
+CI = os.environ.get("CI", "").lower() == "true"
+POSTGRES = ("127.0.0.1", int(os.environ.get("TEST_POSTGRES_PORT", 5432)))
+REDIS = ("127.0.0.1", int(os.environ.get("TEST_REDIS_PORT", 6379)))
+POSTGRES_URL = f"postgres://postgres@{POSTGRES[0]}:{POSTGRES[1]}"
+REDIS_URL = f"redis://{REDIS[0]}:{REDIS[1]}"
+
+
+def reachable(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(name: str, address: tuple[str, int]) -> None:
+    """Skip (loudly) when the service is absent; fail when CI=true."""
+    if reachable(address):
+        return
+    message = f"{name} is not reachable at {address[0]}:{address[1]}"
+    if CI:
+        pytest.fail(f"{message}, and CI=true requires it")
+    warnings.warn(f"SKIPPING: {message}; start it to run this test", stacklevel=2)
+    pytest.skip(f"SERVICE MISSING: {message}")
+
+
+def require_postgres() -> None:
+    require("PostgreSQL", POSTGRES)
+
+
+def require_redis() -> None:
+    require("Redis", REDIS)

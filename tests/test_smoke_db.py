@@ -1,0 +1,10 @@
+import pytest
+from django.db import connection
+
+from tests.services import CI, POSTGRES, reachable
+
+
+@pytest.mark.django_db
+def test_unit_suite_runs_on_postgres_when_it_answers():
+    expected = "postgresql" if CI or reachable(POSTGRES) else "sqlite"
+    assert connection.vendor == expected
