@@ -120,7 +120,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or DATA_DIR / "static"
 
 # --- REST framework -------------------------------------------------------------
 REST_FRAMEWORK = {

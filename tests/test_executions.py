@@ -1,0 +1,700 @@
+"""The life of an execution: occurrence record, claim, run, record; the Celery task that
+drives it; publishing after commit; recovery of lost messages and workers.
+
+Webhook actions talk to a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from celery import current_app
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from tasks_app import cron as cronlib
+from tasks_app.conf import RUN_TASK_NAME
+from tasks_app.models import (
+    ExecutionStatus,
+    ExecutionTrigger,
+    ScheduledTask,
+    TaskExecution,
+    TaskStatus,
+)
+from tasks_app.services import dispatch, executions, recovery
+from tasks_app.services.definitions import task_create, task_pause
+from tasks_app.tasks import run_task
+from tests.http_receiver import Receiver, Reply
+
+pytestmark = pytest.mark.django_db
+
+HOST = socket.gethostname()
+OCCURRENCE = datetime(2031, 1, 6, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def user(django_user_model: Any) -> Any:
+    """An owner without a password hash (hashing costs a quarter second per test)."""
+    return django_user_model.objects.create(username="alice")
+
+
+@pytest.fixture
+def conf(settings: Any) -> Any:
+    settings.SCHEDULER_TASK_TIME_LIMIT = 60
+    settings.SCHEDULER_LEASE_GRACE = 5
+    settings.SCHEDULER_MAX_DELIVERIES = 3
+    settings.SCHEDULER_REQUEUE_AFTER = 300
+    return settings
+
+
+@pytest.fixture
+def hook(receiver: Receiver, egress_allow_loopback: None, conf: Any) -> Receiver:
+    return receiver
+
+
+@pytest.fixture
+def memory_broker() -> Iterator[Any]:
+    """Publish to Celery's in-memory transport instead of the embedded filesystem queue."""
+    app = current_app._get_current_object()
+    saved = (app.conf.broker_url, app.conf.broker_transport_options)
+    app.conf.broker_url, app.conf.broker_transport_options = "memory://", {}
+    app._after_fork()  # drop cached connection/producer pools
+    with app.connection_for_read() as conn:
+        conn.SimpleQueue("celery").clear()
+    yield app
+    app.conf.broker_url, app.conf.broker_transport_options = saved
+    app._after_fork()
+
+
+def published(app: Any) -> list[tuple[str, dict[str, Any]]]:
+    messages = []
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("celery")
+        while queue.qsize():
+            message = queue.get(timeout=1)
+            _args, kwargs, _embed = message.payload
+            messages.append((message.headers["task"], kwargs))
+            message.ack()
+    return messages
+
+
+def webhook_task(
+    owner: Any,
+    url: str,
+    *,
+    type: str = "recurring",
+    retry_policy: dict[str, Any] | None = None,
+    **fields: Any,
+) -> ScheduledTask:
+    if type == "recurring":
+        fields.setdefault("cron", "*/5 * * * *")
+    if type == "one-time":
+        fields.setdefault("run_at", timezone.now() + timedelta(hours=1))
+    return task_create(
+        owner=owner,
+        name=f"{type} hook",
+        type=type,
+        action={"type": "webhook", "url": url, "body": {"hello": "world"}},
+        retry_policy=retry_policy or {},
+        **fields,
+    )
+
+
+def queued(task: ScheduledTask, **fields: Any) -> TaskExecution:
+    fields.setdefault("trigger", ExecutionTrigger.MANUAL)
+    return TaskExecution.objects.create(task=task, **fields)
+
+
+def messages_of(execution: TaskExecution) -> list[str]:
+    return [entry["message"] for entry in execution.logs]
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+# --- occurrences ------------------------------------------------------------------------
+
+
+def test_one_record_per_occurrence(user: Any) -> None:
+    task = webhook_task(user, "https://example.com/x")
+    first = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=OCCURRENCE)
+    again = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=OCCURRENCE)
+    other = executions.execution_for_occurrence(
+        task_id=str(task.id), scheduled_for=OCCURRENCE + timedelta(minutes=5)
+    )
+    assert first is not None and again is not None and other is not None
+    assert again.pk == first.pk
+    assert other.pk != first.pk
+    assert (first.status, first.trigger, first.scheduled_for, first.attempt) == (
+        ExecutionStatus.QUEUED,
+        ExecutionTrigger.SCHEDULED,
+        OCCURRENCE,
+        0,
+    )
+    assert TaskExecution.objects.filter(task=task).count() == 2
+
+
+def test_paused_task_occurrence_is_skipped(user: Any) -> None:
+    task = webhook_task(user, "https://example.com/x")
+    task_pause(task=task)
+    execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=OCCURRENCE)
+    assert execution is not None
+    assert execution.status == ExecutionStatus.SKIPPED
+    assert execution.error == "skipped: the task is paused"
+    assert execution.completed_at is not None
+    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="w:1") is None
+    task.refresh_from_db()
+    assert (task.run_count, task.last_run) == (0, None)
+
+
+def test_finished_or_missing_task_makes_no_new_record(user: Any) -> None:
+    task = webhook_task(user, "https://example.com/x", type="one-time")
+    ScheduledTask.objects.filter(pk=task.pk).update(status=TaskStatus.COMPLETED)
+    assert (
+        executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=OCCURRENCE) is None
+    )
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert executions.execution_for_occurrence(task_id=missing, scheduled_for=OCCURRENCE) is None
+    assert TaskExecution.objects.count() == 0
+
+
+# --- claims -----------------------------------------------------------------------------
+
+
+def test_claim_first_attempt_once(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    claimed = executions.execution_claim(
+        execution_id=str(execution.pk), attempt=1, worker="hostA:11"
+    )
+    assert claimed is not None
+    assert (claimed.status, claimed.attempt, claimed.deliveries, claimed.worker) == (
+        ExecutionStatus.RUNNING,
+        1,
+        1,
+        "hostA:11",
+    )
+    assert claimed.lease_expires_at - claimed.started_at == timedelta(seconds=65)
+    assert messages_of(claimed) == ["attempt 1 started on hostA:11"]
+
+    duplicate = executions.execution_claim(
+        execution_id=str(execution.pk), attempt=1, worker="otherhost:1"
+    )
+    assert duplicate is None
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.worker, stored.deliveries, stored.started_at) == (
+        "hostA:11",
+        1,
+        claimed.started_at,
+    )
+
+
+def test_claim_for_a_stale_or_future_attempt_is_refused(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    assert executions.execution_claim(execution_id=str(execution.pk), attempt=2, worker="a:1") is None
+    assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.QUEUED
+
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        status=ExecutionStatus.RETRYING, attempt=2
+    )
+    for attempt in (1, 2, 4):
+        assert (
+            executions.execution_claim(execution_id=str(execution.pk), attempt=attempt, worker="a:1")
+            is None
+        )
+    claimed = executions.execution_claim(execution_id=str(execution.pk), attempt=3, worker="a:1")
+    assert claimed is not None and claimed.attempt == 3
+
+    # A running attempt 3 with a dead holder cannot be taken over by a message for attempt 2.
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        lease_expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert executions.execution_claim(execution_id=str(execution.pk), attempt=2, worker="b:1") is None
+
+
+def test_claim_of_unknown_or_finished_execution(user: Any) -> None:
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert executions.execution_claim(execution_id=missing, attempt=1, worker="a:1") is None
+    task = webhook_task(user, "https://example.com/x")
+    for status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.SKIPPED):
+        done = queued(task, status=status)
+        assert executions.execution_claim(execution_id=str(done.pk), attempt=1, worker="a:1") is None
+
+
+def test_takeover_after_lease_expired(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="hostA:11")
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    taken = executions.execution_claim(
+        execution_id=str(execution.pk), attempt=1, worker="hostB:22"
+    )
+    assert taken is not None
+    assert (taken.status, taken.attempt, taken.deliveries, taken.worker) == (
+        ExecutionStatus.RUNNING,
+        1,
+        2,
+        "hostB:22",
+    )
+    assert taken.lease_expires_at > timezone.now() + timedelta(seconds=60)
+    assert messages_of(taken) == [
+        "attempt 1 started on hostA:11",
+        "attempt 1 was interrupted on hostA:11",
+        "attempt 1 started on hostB:22",
+    ]
+    assert taken.logs[1]["level"] == "warning"
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.worker, stored.deliveries) == ("hostB:22", 2)
+
+
+def test_takeover_from_a_dead_process_on_this_host(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    holder = f"{HOST}:{dead_pid()}"
+    executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker=holder)
+    lease = TaskExecution.objects.get(pk=execution.pk).lease_expires_at
+    assert lease > timezone.now()  # the lease is still live: only the dead pid allows this
+    taken = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:1")
+    assert taken is not None
+    assert taken.deliveries == 2
+    assert f"attempt 1 was interrupted on {holder}" in messages_of(taken)
+
+
+def test_live_process_on_this_host_keeps_its_claim(user: Any, conf: Any, live_pid: int) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    executions.execution_claim(
+        execution_id=str(execution.pk), attempt=1, worker=f"{HOST}:{live_pid}"
+    )
+    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:1") is None
+
+
+def test_live_holder_on_another_host_blocks(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    # pid 999999 does not exist here, but the holder is on another host: only its lease counts.
+    executions.execution_claim(
+        execution_id=str(execution.pk), attempt=1, worker="elsewhere.example:999999"
+    )
+    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:1") is None
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.status, stored.worker, stored.deliveries) == (
+        ExecutionStatus.RUNNING,
+        "elsewhere.example:999999",
+        1,
+    )
+
+
+def test_gives_up_after_max_deliveries(user: Any, conf: Any) -> None:
+    task = webhook_task(user, "https://example.com/x", type="one-time")
+    execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)
+    assert execution is not None
+    workers = ["w1:1", "w2:2", "w3:3"]
+    for worker in workers:
+        assert (
+            executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker=worker)
+            is not None
+        )
+        TaskExecution.objects.filter(pk=execution.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="w4:4") is None
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.FAILED
+    assert stored.error == "the worker running this execution was lost 3 times; giving up"
+    assert stored.deliveries == 3
+    assert stored.completed_at is not None
+    assert stored.lease_expires_at is None
+    assert messages_of(stored)[-1] == "attempt 1 was interrupted on w3:3"
+    task.refresh_from_db()
+    assert (task.status, task.run_count, task.periodic_task_id) == (TaskStatus.FAILED, 1, None)
+    assert PeriodicTask.objects.count() == 0
+
+
+def test_outcome_of_a_superseded_attempt_is_dropped(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/hook")
+    execution = queued(task)
+    first = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="a:1")
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    second = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:2")
+    assert first is not None and second is not None
+    assert executions.execution_run(execution=first) == executions.Outcome(status="superseded")
+    assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.RUNNING
+    assert executions.execution_run(execution=second) == executions.Outcome(status="completed")
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.status, stored.worker) == (ExecutionStatus.COMPLETED, "b:2")
+    task.refresh_from_db()
+    assert task.run_count == 1
+
+
+# --- running a webhook ----------------------------------------------------------------------
+
+
+def test_run_task_records_a_completed_webhook(user: Any, hook: Receiver) -> None:
+    hook.reply("/hook", Reply(status=201, body={"received": True}, delay=0.05))
+    task = webhook_task(user, f"{hook.url}/hook", cron="0 12 * * *", timezone="Asia/Tokyo")
+    execution = queued(task)
+
+    result = run_task.apply(kwargs={"execution_id": str(execution.pk), "attempt": 1})
+
+    assert result.get() == {"outcome": "completed", "executionId": str(execution.pk)}
+    [request] = hook.received("/hook")
+    assert request.method == "POST"
+    assert request.json() == {"hello": "world"}
+    assert request.headers["Idempotency-Key"] == str(execution.pk)
+
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.COMPLETED
+    assert stored.attempt == 1
+    assert stored.error == ""
+    assert stored.result == {
+        "status": 201,
+        "headers": {"Content-Type": "application/json", "Content-Length": "18"},
+        "body": {"received": True},
+    }
+    assert 50 <= stored.duration_ms < 5000
+    assert stored.started_at is not None and stored.completed_at >= stored.started_at
+    assert stored.lease_expires_at is None
+    assert stored.worker == executions.worker_identity()
+    assert messages_of(stored) == [
+        f"attempt 1 started on {executions.worker_identity()}",
+        f"POST {hook.url}/hook",
+        "answered 201 (18 bytes)",
+    ]
+
+    task.refresh_from_db()
+    assert task.last_run == stored.started_at
+    assert task.run_count == 1
+    assert task.status == TaskStatus.ACTIVE
+    assert task.next_run == cronlib.Cron("0 12 * * *", "Asia/Tokyo").next_after(timezone.now())
+    assert task.next_run.hour == 3  # 12:00 JST
+
+    again = run_task.apply(kwargs={"execution_id": str(execution.pk), "attempt": 1})
+    assert again.get() == {"outcome": "duplicate", "executionId": str(execution.pk)}
+    assert len(hook.received("/hook")) == 1
+    task.refresh_from_db()
+    assert task.run_count == 1
+
+
+def test_beat_message_runs_the_occurrence_once(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/beat")
+    kwargs = {"task_id": str(task.id), "scheduled_for": OCCURRENCE.isoformat()}
+    first = run_task.apply(kwargs=kwargs).get()
+    second = run_task.apply(kwargs=kwargs).get()
+    execution = TaskExecution.objects.get(task=task)
+    assert first == {"outcome": "completed", "executionId": str(execution.pk)}
+    assert second == {"outcome": "duplicate", "executionId": str(execution.pk)}
+    assert (execution.trigger, execution.scheduled_for) == (ExecutionTrigger.SCHEDULED, OCCURRENCE)
+    assert len(hook.received("/beat")) == 1
+    assert ScheduledTask.objects.get(pk=task.pk).run_count == 1
+
+
+def test_run_task_ignores_messages_without_a_target(user: Any) -> None:
+    assert run_task.apply(kwargs={}).get() == {
+        "outcome": "ignored",
+        "reason": "message names no execution",
+    }
+    missing = {"task_id": "00000000-0000-0000-0000-000000000000", "scheduled_for": "2031-01-01T00:00:00+00:00"}
+    assert run_task.apply(kwargs=missing).get() == {
+        "outcome": "ignored",
+        "reason": "task no longer exists or has finished",
+    }
+
+
+def test_one_time_occurrence_completes_the_task(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/once", type="one-time")
+    assert PeriodicTask.objects.filter(pk=task.periodic_task_id).exists()
+    kwargs = {"task_id": str(task.id), "scheduled_for": task.run_at.isoformat()}
+    assert run_task.apply(kwargs=kwargs).get()["outcome"] == "completed"
+    task.refresh_from_db()
+    assert task.status == TaskStatus.COMPLETED
+    assert task.run_count == 1
+    assert task.next_run is None
+    assert task.periodic_task_id is None
+    assert PeriodicTask.objects.count() == 0
+    # A late duplicate of the same beat message finds the finished record.
+    assert run_task.apply(kwargs=kwargs).get()["outcome"] == "duplicate"
+    assert len(hook.received("/once")) == 1
+
+
+def test_manual_run_of_a_one_time_task_keeps_it_active(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/once", type="one-time")
+    execution = queued(task)
+    assert run_task.apply(kwargs={"execution_id": str(execution.pk)}).get()["outcome"] == (
+        "completed"
+    )
+    task.refresh_from_db()
+    assert (task.status, task.run_count, task.next_run) == (TaskStatus.ACTIVE, 1, task.run_at)
+    assert PeriodicTask.objects.filter(pk=task.periodic_task_id, enabled=True).exists()
+
+
+def test_retry_path_through_the_services(user: Any, hook: Receiver) -> None:
+    hook.reply("/flaky", Reply(status=503, body={"error": "busy"}))
+    task = webhook_task(
+        user, f"{hook.url}/flaky", retry_policy={"maxRetries": 2, "backoffMs": 1000}
+    )
+    execution = queued(task)
+    pk = str(execution.pk)
+    error = f"POST {hook.url}/flaky answered HTTP 503"
+
+    claimed = executions.execution_claim(execution_id=pk, attempt=1, worker="a:1")
+    assert claimed is not None
+    before = timezone.now()
+    outcome = executions.execution_run(execution=claimed)
+    assert outcome == executions.Outcome(status=ExecutionStatus.RETRYING, retry_in=1.0)
+    stored = TaskExecution.objects.get(pk=pk)
+    assert (stored.status, stored.attempt, stored.error) == (ExecutionStatus.RETRYING, 1, error)
+    assert before + timedelta(seconds=1) <= stored.next_attempt_at
+    assert stored.next_attempt_at <= timezone.now() + timedelta(seconds=1)
+    assert stored.completed_at is None
+    assert stored.lease_expires_at is None
+    assert messages_of(stored)[-2:] == [
+        f"attempt 1 failed: {error}",
+        "retrying in 1s (attempt 2 of 3)",
+    ]
+    assert stored.logs[-2]["level"] == "error"
+    assert ScheduledTask.objects.get(pk=task.pk).run_count == 0
+
+    assert executions.execution_claim(execution_id=pk, attempt=1, worker="dup:1") is None
+    second = executions.execution_claim(execution_id=pk, attempt=2, worker="a:1")
+    assert second is not None and second.next_attempt_at is None
+    assert executions.execution_run(execution=second) == executions.Outcome(
+        status=ExecutionStatus.RETRYING, retry_in=2.0
+    )
+    third = executions.execution_claim(execution_id=pk, attempt=3, worker="a:1")
+    assert third is not None
+    assert executions.execution_run(execution=third) == executions.Outcome(
+        status=ExecutionStatus.FAILED
+    )
+    assert executions.execution_claim(execution_id=pk, attempt=4, worker="a:1") is None
+
+    stored = TaskExecution.objects.get(pk=pk)
+    assert (stored.status, stored.attempt, stored.error) == (ExecutionStatus.FAILED, 3, error)
+    assert stored.completed_at is not None
+    assert stored.result is None
+    assert messages_of(stored)[-1] == f"attempt 3 failed: {error}"
+    assert "retrying in 2s (attempt 3 of 3)" in messages_of(stored)
+    requests = hook.received("/flaky")
+    assert len(requests) == 3
+    assert {r.headers["Idempotency-Key"] for r in requests} == {pk}
+    task.refresh_from_db()
+    assert (task.run_count, task.last_run, task.status) == (1, stored.started_at, "active")
+
+
+def test_retries_run_eagerly_through_run_task(user: Any, hook: Receiver) -> None:
+    hook.reply(
+        "/recovering",
+        Reply(status=503, times=1),
+        Reply(status=500, times=1),
+        Reply(status=200, body={"finally": True}),
+    )
+    task = webhook_task(
+        user, f"{hook.url}/recovering", retry_policy={"maxRetries": 3, "backoffMs": 10}
+    )
+    execution = queued(task)
+    result = run_task.apply(kwargs={"execution_id": str(execution.pk), "attempt": 1})
+    assert result.get() == {"outcome": "completed", "executionId": str(execution.pk)}
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.status, stored.attempt, stored.error) == (ExecutionStatus.COMPLETED, 3, "")
+    assert stored.result["body"] == {"finally": True}
+    assert len(hook.received("/recovering")) == 3
+    assert ScheduledTask.objects.get(pk=task.pk).run_count == 1
+
+
+def test_not_found_fails_at_once(user: Any, hook: Receiver) -> None:
+    hook.reply("/gone", Reply(status=404, body={"error": "no such thing"}))
+    task = webhook_task(
+        user, f"{hook.url}/gone", type="one-time", retry_policy={"maxRetries": 5, "backoffMs": 10}
+    )
+    execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)
+    assert execution is not None
+    result = run_task.apply(kwargs={"execution_id": str(execution.pk), "attempt": 1}).get()
+    assert result == {"outcome": "failed", "executionId": str(execution.pk)}
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.FAILED
+    assert stored.attempt == 1
+    assert stored.error == f"POST {hook.url}/gone answered HTTP 404"
+    assert stored.next_attempt_at is None
+    assert not any(m.startswith("retrying") for m in messages_of(stored))
+    assert len(hook.received("/gone")) == 1
+    task.refresh_from_db()
+    assert (task.status, task.run_count, task.periodic_task_id) == (TaskStatus.FAILED, 1, None)
+
+
+def test_unreachable_endpoint_is_retryable(user: Any, conf: Any, egress_allow_loopback: None) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    task = webhook_task(user, f"http://127.0.0.1:{port}/", retry_policy={"maxRetries": 1})
+    claimed = executions.execution_claim(
+        execution_id=str(queued(task).pk), attempt=1, worker="a:1"
+    )
+    assert claimed is not None
+    outcome = executions.execution_run(execution=claimed)
+    assert outcome == executions.Outcome(status=ExecutionStatus.RETRYING, retry_in=60.0)
+    assert "failed to connect" in TaskExecution.objects.get(pk=claimed.pk).error
+
+
+def test_loopback_is_refused_without_an_egress_allowance(
+    user: Any, receiver: Receiver, conf: Any
+) -> None:
+    task = webhook_task(user, f"{receiver.url}/private", retry_policy={"maxRetries": 3})
+    execution = queued(task)
+    result = run_task.apply(kwargs={"execution_id": str(execution.pk)}).get()
+    assert result["outcome"] == "failed"
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.attempt == 1
+    assert "which is not a public address" in stored.error
+    assert receiver.received("/private") == []
+
+
+# --- dispatch and recovery ------------------------------------------------------------------
+
+
+def test_run_now_publishes_only_after_commit(
+    user: Any, django_capture_on_commit_callbacks: Any, memory_broker: Any
+) -> None:
+    task = webhook_task(user, "https://example.com/x")
+    with django_capture_on_commit_callbacks() as callbacks:
+        execution = dispatch.task_run_now(task=task)
+        assert published(memory_broker) == []
+    assert len(callbacks) == 1
+    assert published(memory_broker) == []  # still not committed: nothing was sent
+
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.status, stored.trigger, stored.attempt, stored.payload) == (
+        ExecutionStatus.QUEUED,
+        ExecutionTrigger.MANUAL,
+        0,
+        None,
+    )
+    assert stored.enqueued_at is not None
+
+    callbacks[0]()  # what the commit does
+    assert published(memory_broker) == [
+        (RUN_TASK_NAME, {"execution_id": str(execution.pk), "attempt": 1})
+    ]
+
+
+def test_run_now_with_a_trigger_payload(user: Any, django_capture_on_commit_callbacks: Any) -> None:
+    task = task_create(
+        owner=user,
+        name="t",
+        type="trigger",
+        trigger={"type": "event"},
+        action={"type": "webhook", "url": "https://example.com"},
+    )
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = dispatch.task_run_now(task=task, trigger=ExecutionTrigger.EVENT, payload={"a": 1})
+        second = dispatch.task_run_now(task=task, trigger=ExecutionTrigger.EVENT, payload={"a": 2})
+    assert len(callbacks) == 2
+    assert first.pk != second.pk
+    assert list(
+        TaskExecution.objects.filter(task=task).order_by("payload__a").values_list(
+            "trigger", "payload"
+        )
+    ) == [("event", {"a": 1}), ("event", {"a": 2})]
+
+
+def test_run_now_rolled_back_publishes_nothing(
+    user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.db import transaction
+
+    task = webhook_task(user, "https://example.com/x")
+    with django_capture_on_commit_callbacks() as callbacks:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            dispatch.task_run_now(task=task)
+            raise RuntimeError
+    assert callbacks == []
+    assert TaskExecution.objects.count() == 0
+
+
+def test_recovery_republishes_lost_executions_only(
+    user: Any,
+    conf: Any,
+    django_capture_on_commit_callbacks: Any,
+    memory_broker: Any,
+) -> None:
+    task = webhook_task(user, "https://example.com/x")
+    now = timezone.now()
+    long_ago = now - timedelta(minutes=30)
+
+    lost_worker = queued(task, status=ExecutionStatus.RUNNING, attempt=2, worker="gone:1")
+    TaskExecution.objects.filter(pk=lost_worker.pk).update(
+        enqueued_at=long_ago, lease_expires_at=now - timedelta(seconds=5)
+    )
+    never_started = queued(task)
+    TaskExecution.objects.filter(pk=never_started.pk).update(queued_at=long_ago)
+    lost_retry = queued(task, status=ExecutionStatus.RETRYING, attempt=1)
+    TaskExecution.objects.filter(pk=lost_retry.pk).update(
+        enqueued_at=long_ago, next_attempt_at=long_ago
+    )
+    # Left alone: fresh, still leased, retry not yet due, finished.
+    fresh = queued(task)
+    leased = queued(task, status=ExecutionStatus.RUNNING, attempt=1, worker="busy:1")
+    TaskExecution.objects.filter(pk=leased.pk).update(
+        enqueued_at=long_ago, lease_expires_at=now + timedelta(minutes=1)
+    )
+    waiting_retry = queued(task, status=ExecutionStatus.RETRYING, attempt=1)
+    TaskExecution.objects.filter(pk=waiting_retry.pk).update(
+        enqueued_at=long_ago, next_attempt_at=now + timedelta(minutes=5)
+    )
+    done = queued(task, status=ExecutionStatus.COMPLETED)
+    TaskExecution.objects.filter(pk=done.pk).update(queued_at=long_ago)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert recovery.executions_recover() == 3
+    assert len(callbacks) == 3
+    assert published(memory_broker) == []
+    for callback in callbacks:
+        callback()
+    assert sorted(published(memory_broker), key=lambda m: m[1]["execution_id"]) == sorted(
+        [
+            (RUN_TASK_NAME, {"execution_id": str(lost_worker.pk), "attempt": 2}),
+            (RUN_TASK_NAME, {"execution_id": str(never_started.pk), "attempt": 1}),
+            (RUN_TASK_NAME, {"execution_id": str(lost_retry.pk), "attempt": 2}),
+        ],
+        key=lambda m: m[1]["execution_id"],
+    )
+    for execution in (lost_worker, never_started, lost_retry):
+        assert TaskExecution.objects.get(pk=execution.pk).enqueued_at >= now
+    for execution in (fresh, leased, waiting_retry, done):
+        enqueued = TaskExecution.objects.get(pk=execution.pk).enqueued_at
+        assert enqueued is None or enqueued < now
+
+    # Just re-sent: a second pass right away sends nothing more.
+    with django_capture_on_commit_callbacks() as again:
+        assert recovery.executions_recover() == 0
+    assert again == []
+
+
+def test_recovered_lost_worker_message_is_claimable(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/recover")
+    execution = queued(task)
+    executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="gone:1")
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        enqueued_at=timezone.now() - timedelta(minutes=10),
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    assert recovery.executions_recover() == 1
+    result = run_task.apply(kwargs={"execution_id": str(execution.pk), "attempt": 1}).get()
+    assert result["outcome"] == "completed"
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.status, stored.attempt, stored.deliveries) == (ExecutionStatus.COMPLETED, 1, 2)
+    assert "attempt 1 was interrupted on gone:1" in messages_of(stored)
