@@ -121,6 +121,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or DATA_DIR / "static"
+# Serve app static files (the admin) straight from their packages when not collected.
+WHITENOISE_USE_FINDERS = True
 
 # --- REST framework -------------------------------------------------------------
 REST_FRAMEWORK = {

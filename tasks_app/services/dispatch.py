@@ -16,7 +16,7 @@ def execution_publish(*, execution: TaskExecution, attempt: int) -> None:
     """Send a run message for ``attempt`` once the current transaction has committed."""
     TaskExecution.objects.filter(pk=execution.pk).update(enqueued_at=timezone.now())
     kwargs = {"execution_id": str(execution.pk), "attempt": attempt}
-    current_app.send_task(RUN_TASK_NAME, kwargs=kwargs)
+    transaction.on_commit(lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs))
 
 
 def task_run_now(

@@ -33,7 +33,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
         username, password, token = self._admin_login()
         host, port, flower = options["host"], options["port"], options["flower_port"]
         self.stdout.write(self.style.SUCCESS("Scheduler is starting:"))

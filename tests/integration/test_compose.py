@@ -1,0 +1,73 @@
+"""compose.yaml is valid and its processes, started by hand with the same commands,
+make a working system on a local PostgreSQL and Redis (no Docker engine here)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import make_stack
+from tests.integration.stack import ROOT, Stack, compose_services
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
+
+
+def test_compose_file_declares_the_whole_system() -> None:
+    services = compose_services()
+    assert set(services) == {"postgres", "redis", *APP_SERVICES}
+    for name in ("postgres", "redis", "web", "flower", "worker"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://"), name
+        assert env["CELERY_BROKER_URL"].startswith("redis://"), name
+        assert isinstance(services[name]["command"], list), name
+    assert services["worker"]["command"][:4] == ["celery", "-A", "scheduler_project", "worker"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "scheduler_project", "beat"]
+    assert services["web"]["command"][:2] == ["gunicorn", "scheduler_project.wsgi"]
+    assert "ports" not in services["worker"] and "container_name" not in services["worker"], \
+        "the worker must stay scalable"
+    assert (ROOT / "Dockerfile").exists()
+
+
+@pytest.fixture(scope="module")
+def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = make_stack("postgres-redis", tmp_path_factory.mktemp("compose"))
+    stack.env["FLOWER_BASIC_AUTH"] = "ops:secret-pass"
+    try:
+        stack.manage(*compose_services()["migrate"]["command"][2:])
+        for name in ("web", "worker", "beat", "flower"):
+            stack.start(name, stack.compose_argv(name))
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_compose_processes_serve_health_admin_and_flower(compose_stack: Stack) -> None:
+    base = f"http://127.0.0.1:{compose_stack.web_port}"
+    assert compose_stack.wait_http(f"{base}/api/health", timeout=40) == 200
+    health = requests.get(f"{base}/api/health", timeout=5).json()
+    assert health["database"] == {"ok": True, "vendor": "postgresql"}
+    assert health["broker"]["ok"] is True
+    login = requests.get(f"{base}/admin/login/", timeout=5)
+    assert login.status_code == 200 and "csrfmiddlewaretoken" in login.text
+    css = requests.get(f"{base}/static/admin/css/base.css", timeout=5)
+    assert css.status_code == 200, "gunicorn must serve the admin's static files"
+    flower = f"http://127.0.0.1:{compose_stack.flower_port}"
+    assert compose_stack.wait_http(f"{flower}/healthcheck", timeout=40) == 200
+    assert requests.get(f"{flower}/", timeout=5).status_code == 401
+    assert requests.get(f"{flower}/", auth=("ops", "secret-pass"), timeout=5).status_code == 200
+
+
+def test_worker_answers_ping(compose_stack: Stack) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "celery"), "-A", "scheduler_project", "inspect", "ping",
+         "--timeout", "10"],
+        cwd=ROOT, env=compose_stack.env, capture_output=True, text=True, timeout=60)
+    assert "pong" in done.stdout, done.stdout + done.stderr
