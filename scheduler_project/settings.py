@@ -197,6 +197,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # Virtual transports sleep this long whenever a worker cannot take another message
+        # (prefetch 1), which caps throughput near concurrency / interval.
+        "polling_interval": float(os.environ.get("SCHEDULER_EMBEDDED_POLL_INTERVAL", 0.05)),
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {

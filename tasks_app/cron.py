@@ -38,9 +38,15 @@ class Cron:
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first fire time strictly after ``moment``, in UTC (None past the horizon)."""
+        moment = moment.astimezone(UTC)
         local = moment.astimezone(self.zone)
         try:
-            fire = next(CronSim(self.expression, local))
+            sim = CronSim(self.expression, local)
+            fire = next(sim)
+            # In a repeated (fall-back) hour cronsim counts on from the wall clock and
+            # may answer the earlier instant of that wall-clock time; skip such answers.
+            while fire.astimezone(UTC) <= moment:
+                fire = next(sim)
         except (StopIteration, CronSimError):
             return None
         if fire - local > _HORIZON:
@@ -49,12 +55,17 @@ class Cron:
 
     def latest_at_or_before(self, moment: datetime) -> datetime | None:
         """The most recent fire time at or before ``moment``, in UTC."""
+        moment = moment.astimezone(UTC)
         start = moment.astimezone(self.zone).replace(second=0, microsecond=0) + timedelta(minutes=1)
         try:
-            fire = next(CronSim(self.expression, start, reverse=True))
+            fire = next(CronSim(self.expression, start, reverse=True)).astimezone(UTC)
         except (StopIteration, CronSimError):
             return None
-        return fire.astimezone(UTC)
+        # In a repeated (fall-back) hour the wall clock runs backwards, so a fire that
+        # already happened can lie "ahead" of it; step forward to the real latest one.
+        while (later := self.next_after(fire)) is not None and later <= moment:
+            fire = later
+        return fire
 
     def upcoming(self, after: datetime, count: int) -> list[datetime]:
         runs: list[datetime] = []

@@ -8,9 +8,11 @@ request, not here, because a stored one-time task's time is eventually in the pa
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticError
 
@@ -94,6 +96,10 @@ def validate_task(task: ScheduledTask) -> None:
         errors.add("schedule.cron", "only a recurring task has a cron")
     if task.type == TaskType.ONE_TIME and task.run_at is None:
         errors.add("schedule.at", "is required for a one-time task")
+    elif task.run_at is not None and not (
+        isinstance(task.run_at, datetime) and timezone.is_aware(task.run_at)
+    ):
+        errors.add("schedule.at", "must be a date and time with a timezone offset")
     if task.type == TaskType.TRIGGER:
         if task.trigger is None:
             errors.add("trigger", "is required for a trigger task")

@@ -41,9 +41,7 @@ def user(django_user_model: Any) -> Any:
 
 def recurring(owner: Any, **fields: Any) -> ScheduledTask:
     fields.setdefault("cron", "*/5 * * * *")
-    return task_create(
-        owner=owner, name="every five", type="recurring", action=WEBHOOK, **fields
-    )
+    return task_create(owner=owner, name="every five", type="recurring", action=WEBHOOK, **fields)
 
 
 def one_time(owner: Any, **fields: Any) -> ScheduledTask:
@@ -121,8 +119,13 @@ def test_create_one_time_and_trigger(user: Any) -> None:
 def test_create_refuses_unknown_fields(user: Any) -> None:
     with pytest.raises(TypeError, match="unknown task fields: run_count, status"):
         task_create(
-            owner=user, name="x", type="recurring", action=WEBHOOK, cron="* * * * *",
-            status="paused", run_count=5,
+            owner=user,
+            name="x",
+            type="recurring",
+            action=WEBHOOK,
+            cron="* * * * *",
+            status="paused",
+            run_count=5,
         )
     assert_nothing_stored()
 
@@ -131,7 +134,11 @@ def test_create_refuses_unknown_fields(user: Any) -> None:
     ("fields", "path", "fragment"),
     [
         ({"type": "recurring", "cron": "61 * * * *"}, "schedule.cron", "not a valid cron"),
-        ({"type": "recurring", "cron": "* * * *"}, "schedule.cron", "exactly 5 fields (minute hour day month weekday), got 4"),
+        (
+            {"type": "recurring", "cron": "* * * *"},
+            "schedule.cron",
+            "exactly 5 fields (minute hour day month weekday), got 4",
+        ),
         (
             {"type": "recurring", "cron": "0 0 30 2 *"},
             "schedule.cron",
@@ -153,6 +160,16 @@ def test_create_refuses_unknown_fields(user: Any) -> None:
             {"type": "one-time", "run_at": datetime(2020, 1, 1, tzinfo=UTC)},
             "schedule.at",
             "must be in the future",
+        ),
+        (
+            {"type": "one-time", "run_at": datetime(2099, 1, 1)},
+            "schedule.at",
+            "must be a date and time with a timezone offset",
+        ),
+        (
+            {"type": "one-time", "run_at": "2099-01-01T00:00:00Z"},
+            "schedule.at",
+            "must be a date and time with a timezone offset",
         ),
         ({"type": "trigger"}, "trigger", "is required for a trigger task"),
         ({"type": "trigger", "trigger": {"type": "sms"}}, "trigger.type", "Input should be"),
@@ -335,15 +352,28 @@ def test_update_refuses_non_editable_fields(user: Any) -> None:
     assert ScheduledTask.objects.get(pk=task.pk).status == TaskStatus.ACTIVE
 
 
-def test_rescheduling_a_completed_one_time_task_rearms_it(user: Any) -> None:
+@pytest.mark.parametrize("finished", [TaskStatus.COMPLETED, TaskStatus.FAILED])
+def test_rescheduling_a_finished_one_time_task_rearms_it(user: Any, finished: str) -> None:
     task = one_time(user)
-    ScheduledTask.objects.filter(pk=task.pk).update(status=TaskStatus.COMPLETED)
-    task.refresh_from_db()
+    task.status = finished
+    task.save(update_fields=["status"])
+    assert not PeriodicTask.objects.exists()
     later = timezone.now() + timedelta(days=1)
     task_update(task=task, run_at=later)
     stored = ScheduledTask.objects.get(pk=task.pk)
     assert stored.status == TaskStatus.ACTIVE
     assert stored.run_at == later
+    assert stored.next_run == later
+    assert PeriodicTask.objects.get(pk=stored.periodic_task_id).enabled is True
+
+
+def test_editing_a_finished_one_time_task_without_new_time_keeps_it_finished(user: Any) -> None:
+    task = one_time(user)
+    task.status = TaskStatus.COMPLETED
+    task.save(update_fields=["status"])
+    task_update(task=task, description="notes")
+    stored = ScheduledTask.objects.get(pk=task.pk)
+    assert (stored.status, stored.periodic_task_id) == (TaskStatus.COMPLETED, None)
 
 
 def test_change_type_from_recurring_to_trigger(user: Any) -> None:
@@ -433,9 +463,7 @@ def test_clean_maps_schedule_and_trigger_paths(user: Any) -> None:
     with pytest.raises(ValidationError) as excinfo:
         bad_zone.clean()
     assert sorted(excinfo.value.message_dict) == ["run_at", "timezone"]
-    assert excinfo.value.message_dict["run_at"] == [
-        "schedule.at: is required for a one-time task"
-    ]
+    assert excinfo.value.message_dict["run_at"] == ["schedule.at: is required for a one-time task"]
 
     bad_trigger = ScheduledTask(
         owner=user, name="n", type="trigger", trigger={"type": "pigeon"}, action=WEBHOOK

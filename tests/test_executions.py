@@ -27,7 +27,7 @@ from tasks_app.models import (
     TaskStatus,
 )
 from tasks_app.services import dispatch, executions, recovery
-from tasks_app.services.definitions import task_create, task_pause
+from tasks_app.services.definitions import task_create, task_pause, task_update
 from tasks_app.tasks import run_task
 from tests.http_receiver import Receiver, Reply
 
@@ -110,6 +110,12 @@ def queued(task: ScheduledTask, **fields: Any) -> TaskExecution:
     return TaskExecution.objects.create(task=task, **fields)
 
 
+def claim(execution: TaskExecution, attempt: int, worker: str) -> TaskExecution | None:
+    return executions.execution_claim(
+        execution_id=str(execution.pk), attempt=attempt, worker=worker
+    )
+
+
 def messages_of(execution: TaskExecution) -> list[str]:
     return [entry["message"] for entry in execution.logs]
 
@@ -158,7 +164,7 @@ def test_paused_task_occurrence_is_skipped(user: Any) -> None:
     assert execution.status == ExecutionStatus.SKIPPED
     assert execution.error == "skipped: the task is paused"
     assert execution.completed_at is not None
-    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="w:1") is None
+    assert claim(execution, 1, "w:1") is None
     task.refresh_from_db()
     assert (task.run_count, task.last_run) == (0, None)
 
@@ -179,9 +185,7 @@ def test_finished_or_missing_task_makes_no_new_record(user: Any) -> None:
 
 def test_claim_first_attempt_once(user: Any, conf: Any) -> None:
     execution = queued(webhook_task(user, "https://example.com/x"))
-    claimed = executions.execution_claim(
-        execution_id=str(execution.pk), attempt=1, worker="hostA:11"
-    )
+    claimed = claim(execution, 1, "hostA:11")
     assert claimed is not None
     assert (claimed.status, claimed.attempt, claimed.deliveries, claimed.worker) == (
         ExecutionStatus.RUNNING,
@@ -192,9 +196,7 @@ def test_claim_first_attempt_once(user: Any, conf: Any) -> None:
     assert claimed.lease_expires_at - claimed.started_at == timedelta(seconds=65)
     assert messages_of(claimed) == ["attempt 1 started on hostA:11"]
 
-    duplicate = executions.execution_claim(
-        execution_id=str(execution.pk), attempt=1, worker="otherhost:1"
-    )
+    duplicate = claim(execution, 1, "otherhost:1")
     assert duplicate is None
     stored = TaskExecution.objects.get(pk=execution.pk)
     assert (stored.worker, stored.deliveries, stored.started_at) == (
@@ -206,25 +208,20 @@ def test_claim_first_attempt_once(user: Any, conf: Any) -> None:
 
 def test_claim_for_a_stale_or_future_attempt_is_refused(user: Any, conf: Any) -> None:
     execution = queued(webhook_task(user, "https://example.com/x"))
-    assert executions.execution_claim(execution_id=str(execution.pk), attempt=2, worker="a:1") is None
+    assert claim(execution, 2, "a:1") is None
     assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.QUEUED
 
-    TaskExecution.objects.filter(pk=execution.pk).update(
-        status=ExecutionStatus.RETRYING, attempt=2
-    )
+    TaskExecution.objects.filter(pk=execution.pk).update(status=ExecutionStatus.RETRYING, attempt=2)
     for attempt in (1, 2, 4):
-        assert (
-            executions.execution_claim(execution_id=str(execution.pk), attempt=attempt, worker="a:1")
-            is None
-        )
-    claimed = executions.execution_claim(execution_id=str(execution.pk), attempt=3, worker="a:1")
+        assert claim(execution, attempt, "a:1") is None
+    claimed = claim(execution, 3, "a:1")
     assert claimed is not None and claimed.attempt == 3
 
     # A running attempt 3 with a dead holder cannot be taken over by a message for attempt 2.
     TaskExecution.objects.filter(pk=execution.pk).update(
         lease_expires_at=timezone.now() - timedelta(minutes=1)
     )
-    assert executions.execution_claim(execution_id=str(execution.pk), attempt=2, worker="b:1") is None
+    assert claim(execution, 2, "b:1") is None
 
 
 def test_claim_of_unknown_or_finished_execution(user: Any) -> None:
@@ -233,18 +230,16 @@ def test_claim_of_unknown_or_finished_execution(user: Any) -> None:
     task = webhook_task(user, "https://example.com/x")
     for status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.SKIPPED):
         done = queued(task, status=status)
-        assert executions.execution_claim(execution_id=str(done.pk), attempt=1, worker="a:1") is None
+        assert claim(done, 1, "a:1") is None
 
 
 def test_takeover_after_lease_expired(user: Any, conf: Any) -> None:
     execution = queued(webhook_task(user, "https://example.com/x"))
-    executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="hostA:11")
+    claim(execution, 1, "hostA:11")
     TaskExecution.objects.filter(pk=execution.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    taken = executions.execution_claim(
-        execution_id=str(execution.pk), attempt=1, worker="hostB:22"
-    )
+    taken = claim(execution, 1, "hostB:22")
     assert taken is not None
     assert (taken.status, taken.attempt, taken.deliveries, taken.worker) == (
         ExecutionStatus.RUNNING,
@@ -266,10 +261,10 @@ def test_takeover_after_lease_expired(user: Any, conf: Any) -> None:
 def test_takeover_from_a_dead_process_on_this_host(user: Any, conf: Any) -> None:
     execution = queued(webhook_task(user, "https://example.com/x"))
     holder = f"{HOST}:{dead_pid()}"
-    executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker=holder)
+    claim(execution, 1, holder)
     lease = TaskExecution.objects.get(pk=execution.pk).lease_expires_at
     assert lease > timezone.now()  # the lease is still live: only the dead pid allows this
-    taken = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:1")
+    taken = claim(execution, 1, "b:1")
     assert taken is not None
     assert taken.deliveries == 2
     assert f"attempt 1 was interrupted on {holder}" in messages_of(taken)
@@ -277,19 +272,15 @@ def test_takeover_from_a_dead_process_on_this_host(user: Any, conf: Any) -> None
 
 def test_live_process_on_this_host_keeps_its_claim(user: Any, conf: Any, live_pid: int) -> None:
     execution = queued(webhook_task(user, "https://example.com/x"))
-    executions.execution_claim(
-        execution_id=str(execution.pk), attempt=1, worker=f"{HOST}:{live_pid}"
-    )
-    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:1") is None
+    claim(execution, 1, f"{HOST}:{live_pid}")
+    assert claim(execution, 1, "b:1") is None
 
 
 def test_live_holder_on_another_host_blocks(user: Any, conf: Any) -> None:
     execution = queued(webhook_task(user, "https://example.com/x"))
     # pid 999999 does not exist here, but the holder is on another host: only its lease counts.
-    executions.execution_claim(
-        execution_id=str(execution.pk), attempt=1, worker="elsewhere.example:999999"
-    )
-    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:1") is None
+    claim(execution, 1, "elsewhere.example:999999")
+    assert claim(execution, 1, "b:1") is None
     stored = TaskExecution.objects.get(pk=execution.pk)
     assert (stored.status, stored.worker, stored.deliveries) == (
         ExecutionStatus.RUNNING,
@@ -304,14 +295,11 @@ def test_gives_up_after_max_deliveries(user: Any, conf: Any) -> None:
     assert execution is not None
     workers = ["w1:1", "w2:2", "w3:3"]
     for worker in workers:
-        assert (
-            executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker=worker)
-            is not None
-        )
+        assert claim(execution, 1, worker) is not None
         TaskExecution.objects.filter(pk=execution.pk).update(
             lease_expires_at=timezone.now() - timedelta(seconds=1)
         )
-    assert executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="w4:4") is None
+    assert claim(execution, 1, "w4:4") is None
     stored = TaskExecution.objects.get(pk=execution.pk)
     assert stored.status == ExecutionStatus.FAILED
     assert stored.error == "the worker running this execution was lost 3 times; giving up"
@@ -327,11 +315,11 @@ def test_gives_up_after_max_deliveries(user: Any, conf: Any) -> None:
 def test_outcome_of_a_superseded_attempt_is_dropped(user: Any, hook: Receiver) -> None:
     task = webhook_task(user, f"{hook.url}/hook")
     execution = queued(task)
-    first = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="a:1")
+    first = claim(execution, 1, "a:1")
     TaskExecution.objects.filter(pk=execution.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    second = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:2")
+    second = claim(execution, 1, "b:2")
     assert first is not None and second is not None
     assert executions.execution_run(execution=first) == executions.Outcome(status="superseded")
     assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.RUNNING
@@ -409,7 +397,10 @@ def test_run_task_ignores_messages_without_a_target(user: Any) -> None:
         "outcome": "ignored",
         "reason": "message names no execution",
     }
-    missing = {"task_id": "00000000-0000-0000-0000-000000000000", "scheduled_for": "2031-01-01T00:00:00+00:00"}
+    missing = {
+        "task_id": "00000000-0000-0000-0000-000000000000",
+        "scheduled_for": "2031-01-01T00:00:00+00:00",
+    }
     assert run_task.apply(kwargs=missing).get() == {
         "outcome": "ignored",
         "reason": "task no longer exists or has finished",
@@ -536,14 +527,14 @@ def test_not_found_fails_at_once(user: Any, hook: Receiver) -> None:
     assert (task.status, task.run_count, task.periodic_task_id) == (TaskStatus.FAILED, 1, None)
 
 
-def test_unreachable_endpoint_is_retryable(user: Any, conf: Any, egress_allow_loopback: None) -> None:
+def test_unreachable_endpoint_is_retryable(
+    user: Any, conf: Any, egress_allow_loopback: None
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     task = webhook_task(user, f"http://127.0.0.1:{port}/", retry_policy={"maxRetries": 1})
-    claimed = executions.execution_claim(
-        execution_id=str(queued(task).pk), attempt=1, worker="a:1"
-    )
+    claimed = executions.execution_claim(execution_id=str(queued(task).pk), attempt=1, worker="a:1")
     assert claimed is not None
     outcome = executions.execution_run(execution=claimed)
     assert outcome == executions.Outcome(status=ExecutionStatus.RETRYING, retry_in=60.0)
@@ -605,9 +596,9 @@ def test_run_now_with_a_trigger_payload(user: Any, django_capture_on_commit_call
     assert len(callbacks) == 2
     assert first.pk != second.pk
     assert list(
-        TaskExecution.objects.filter(task=task).order_by("payload__a").values_list(
-            "trigger", "payload"
-        )
+        TaskExecution.objects.filter(task=task)
+        .order_by("payload__a")
+        .values_list("trigger", "payload")
     ) == [("event", {"a": 1}), ("event", {"a": 2})]
 
 
@@ -687,7 +678,7 @@ def test_recovery_republishes_lost_executions_only(
 def test_recovered_lost_worker_message_is_claimable(user: Any, hook: Receiver) -> None:
     task = webhook_task(user, f"{hook.url}/recover")
     execution = queued(task)
-    executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="gone:1")
+    claim(execution, 1, "gone:1")
     TaskExecution.objects.filter(pk=execution.pk).update(
         enqueued_at=timezone.now() - timedelta(minutes=10),
         lease_expires_at=timezone.now() - timedelta(seconds=1),
@@ -698,3 +689,59 @@ def test_recovered_lost_worker_message_is_claimable(user: Any, hook: Receiver) -
     stored = TaskExecution.objects.get(pk=execution.pk)
     assert (stored.status, stored.attempt, stored.deliveries) == (ExecutionStatus.COMPLETED, 1, 2)
     assert "attempt 1 was interrupted on gone:1" in messages_of(stored)
+
+
+# --- definition changes while an attempt runs ------------------------------------------------
+
+
+def test_pause_during_a_run_leaves_the_task_paused_without_next_run(
+    user: Any, hook: Receiver
+) -> None:
+    task = webhook_task(user, f"{hook.url}/hook")
+    claimed = executions.execution_claim(execution_id=str(queued(task).pk), attempt=1, worker="a:1")
+    assert claimed is not None
+    task_pause(task=ScheduledTask.objects.get(pk=task.pk))
+    assert executions.execution_run(execution=claimed).status == ExecutionStatus.COMPLETED
+    task.refresh_from_db()
+    assert (task.status, task.run_count, task.next_run) == (TaskStatus.PAUSED, 1, None)
+    assert PeriodicTask.objects.get(pk=task.periodic_task_id).enabled is False
+
+
+def test_cron_change_during_a_run_sets_next_run_from_the_new_cron(
+    user: Any, hook: Receiver
+) -> None:
+    task = webhook_task(user, f"{hook.url}/hook", cron="0 3 * * *")
+    claimed = executions.execution_claim(execution_id=str(queued(task).pk), attempt=1, worker="a:1")
+    assert claimed is not None
+    task_update(task=ScheduledTask.objects.get(pk=task.pk), cron="0 15 * * *")
+    executions.execution_run(execution=claimed)
+    task.refresh_from_db()
+    assert task.next_run == cronlib.Cron("0 15 * * *", "UTC").next_after(timezone.now())
+
+
+def test_one_time_task_rescheduled_during_its_run_stays_armed(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/once", type="one-time")
+    execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)
+    assert execution is not None
+    claimed = claim(execution, 1, "a:1")
+    assert claimed is not None
+    later = timezone.now() + timedelta(days=1)
+    task_update(task=ScheduledTask.objects.get(pk=task.pk), run_at=later)
+    assert executions.execution_run(execution=claimed).status == ExecutionStatus.COMPLETED
+    task.refresh_from_db()
+    assert (task.status, task.run_count, task.next_run) == (TaskStatus.ACTIVE, 1, later)
+    periodic = PeriodicTask.objects.get(pk=task.periodic_task_id)
+    assert (periodic.enabled, periodic.clocked.clocked_time) == (True, later)
+
+
+def test_one_time_task_paused_during_its_run_still_finishes(user: Any, hook: Receiver) -> None:
+    task = webhook_task(user, f"{hook.url}/once", type="one-time")
+    execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)
+    assert execution is not None
+    claimed = claim(execution, 1, "a:1")
+    assert claimed is not None
+    task_pause(task=ScheduledTask.objects.get(pk=task.pk))
+    assert executions.execution_run(execution=claimed).status == ExecutionStatus.COMPLETED
+    task.refresh_from_db()
+    assert (task.status, task.next_run, task.periodic_task_id) == (TaskStatus.COMPLETED, None, None)
+    assert PeriodicTask.objects.count() == 0

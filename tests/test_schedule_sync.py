@@ -398,3 +398,15 @@ def test_last_change_advances_on_every_change(user: Any) -> None:
     assert advanced()
     task_delete(task=task)
     assert advanced()
+
+
+def test_beat_row_deleted_by_hand_is_recreated_on_next_change(user: Any) -> None:
+    task = recurring(user, cron="0 7 * * *")
+    PeriodicTask.objects.filter(pk=task.periodic_task_id).delete()  # e.g. in the beat admin
+    task.refresh_from_db()
+    assert task.periodic_task_id is None  # SET_NULL, the task survives
+    task_update(task=task, description="touch")
+    periodic = periodic_of(task)
+    assert periodic.name == f"scheduled-task:{task.id}"
+    assert periodic.crontab.hour == "7"
+    assert PeriodicTask.objects.count() == 1

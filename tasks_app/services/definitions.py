@@ -60,7 +60,7 @@ def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
         _check_run_at(task, now=timezone.now())
     if (
         task.type == TaskType.ONE_TIME
-        and task.status == TaskStatus.COMPLETED
+        and task.status in {TaskStatus.COMPLETED, TaskStatus.FAILED}
         and "run_at" in changes
     ):
         task.status = TaskStatus.ACTIVE  # rescheduling a finished one-time task re-arms it

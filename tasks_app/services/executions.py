@@ -295,10 +295,13 @@ def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) 
         run_count=F("run_count") + 1,
         next_run=compute_next_run(task),
     )
+    # Its one occurrence ran, so the task is finished even if paused meanwhile; but a
+    # task rescheduled while this attempt ran keeps its new time.
     one_time_done = (
         task.type == TaskType.ONE_TIME
         and execution.trigger == ExecutionTrigger.SCHEDULED
-        and task.status == TaskStatus.ACTIVE
+        and task.status in {TaskStatus.ACTIVE, TaskStatus.PAUSED}
+        and task.run_at == execution.scheduled_for
     )
     if one_time_done:
         task.status = (

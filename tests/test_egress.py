@@ -1,0 +1,286 @@
+"""executors.egress: the one way out. Refusals happen before any connection is made, so
+the non-loopback addresses below are never contacted; real traffic only goes to the
+loopback receiver."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+
+from executors.egress import EgressPolicy, EgressResponse, check_url, request
+from executors.errors import EgressRefused, PermanentError, RetryableError
+from tests.http_receiver import Receiver, Reply
+
+LOOPBACK = EgressPolicy(allow=("127.0.0.1",))
+
+
+# --- check_url ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme"),
+    [
+        ("ftp://example.com/file", "ftp"),
+        ("file:///etc/passwd", "file"),
+        ("gopher://127.0.0.1:70/", "gopher"),
+        ("javascript:alert(1)", "javascript"),
+    ],
+)
+def test_refuses_other_schemes(url: str, scheme: str) -> None:
+    with pytest.raises(EgressRefused) as caught:
+        check_url(url, EgressPolicy(allow=("0.0.0.0/0", "::/0")))
+    assert str(caught.value) == f"only http and https URLs may be fetched, not {scheme!r}"
+
+
+def test_refuses_a_url_without_scheme() -> None:
+    with pytest.raises(EgressRefused, match=r"^only http and https URLs may be fetched, not 'none'"):
+        check_url("//example.com/", EgressPolicy())
+
+
+def test_refuses_a_url_without_host() -> None:
+    with pytest.raises(EgressRefused, match=r"^URL 'http:///path' has no host$"):
+        check_url("http:///path", EgressPolicy())
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "address"),
+    [
+        ("http://127.0.0.1/", "127.0.0.1", "127.0.0.1"),
+        ("http://127.1.2.3:8080/", "127.1.2.3", "127.1.2.3"),
+        ("http://[::1]/", "::1", "::1"),
+        ("http://[::ffff:127.0.0.1]/", "::ffff:127.0.0.1", "::ffff:127.0.0.1"),
+        ("http://[::ffff:10.0.0.1]/", "::ffff:10.0.0.1", "::ffff:10.0.0.1"),
+        ("http://10.0.0.1/", "10.0.0.1", "10.0.0.1"),
+        ("https://172.16.5.4/", "172.16.5.4", "172.16.5.4"),
+        ("http://192.168.1.1/admin", "192.168.1.1", "192.168.1.1"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "169.254.169.254"),
+        ("http://[fe80::1]/", "fe80::1", "fe80::1"),
+        ("http://[fd00::1]/", "fd00::1", "fd00::1"),
+        ("http://0.0.0.0/", "0.0.0.0", "0.0.0.0"),
+        ("http://100.64.0.1/", "100.64.0.1", "100.64.0.1"),
+        ("http://224.0.0.251/", "224.0.0.251", "224.0.0.251"),
+    ],
+)
+def test_refuses_non_public_addresses(url: str, host: str, address: str) -> None:
+    with pytest.raises(EgressRefused) as caught:
+        check_url(url, EgressPolicy())
+    assert str(caught.value) == (
+        f"refused to connect to {host!r}: it resolves to {address}, which is not a public "
+        "address (operators can allow it with SCHEDULER_EGRESS_ALLOW)"
+    )
+
+
+def test_refuses_localhost_whatever_it_resolves_to() -> None:
+    with pytest.raises(EgressRefused, match=r"^refused to connect to 'localhost': it resolves to"):
+        check_url("http://localhost:8000/", EgressPolicy())
+
+
+def test_refusal_is_a_permanent_error() -> None:
+    with pytest.raises(PermanentError):
+        check_url("http://10.0.0.1/", EgressPolicy())
+
+
+@pytest.mark.parametrize(
+    "url", ["http://93.184.215.14/", "https://8.8.8.8:443/dns", "http://[2606:4700::1111]/"]
+)
+def test_allows_public_addresses(url: str) -> None:
+    assert check_url(url, EgressPolicy()) is None
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        EgressPolicy(allow=("127.0.0.1",)),
+        EgressPolicy(allow=("127.0.0.0/8",)),
+        EgressPolicy(allow=("10.0.0.0/8", "127.0.0.0/8")),
+    ],
+)
+def test_allow_list_admits_loopback(policy: EgressPolicy) -> None:
+    assert check_url("http://127.0.0.1:9/", policy) is None
+
+
+def test_allowed_network_does_not_admit_its_neighbours() -> None:
+    policy = EgressPolicy(allow=("127.0.0.1", "10.1.0.0/16"))
+    assert check_url("http://10.1.200.3/", policy) is None
+    for url in ("http://127.0.0.2/", "http://10.2.0.1/", "http://[::1]/"):
+        with pytest.raises(EgressRefused):
+            check_url(url, policy)
+
+
+def test_allowed_host_name_is_matched_case_insensitively() -> None:
+    policy = EgressPolicy(allow=("LocalHost",))
+    assert policy.allows_host("localhost.")
+    assert not policy.allows_host("localhost.localdomain")
+    assert check_url("http://localhost:9/", policy) is None
+
+
+def test_policy_allows_address_only_for_networks() -> None:
+    policy = EgressPolicy(allow=("internal.example", "192.168.0.0/24"))
+    assert policy.allows_address(ipaddress.ip_address("192.168.0.77"))
+    assert not policy.allows_address(ipaddress.ip_address("192.168.1.77"))
+    assert not policy.allows_host("192.168.0.77")
+    assert policy.allows_host("internal.example")
+
+
+# --- request against the loopback receiver ------------------------------------------
+
+
+def test_request_sends_and_returns_the_response(receiver: Receiver) -> None:
+    receiver.reply("/r", Reply(status=201, body={"made": 1}, headers={"X-Thing": "yes"}))
+    response = request(
+        "POST", f"{receiver.url}/r", LOOPBACK, headers={"X-A": "1"}, params={"q": "v"},
+        json={"k": [1, 2]},
+    )
+    assert isinstance(response, EgressResponse)
+    assert response.status == 201
+    assert response.json() == {"made": 1}
+    assert response.text == '{"made": 1}'
+    assert response.content == b'{"made": 1}'
+    assert response.headers["X-Thing"] == "yes"
+    assert response.url == f"{receiver.url}/r?q=v"
+    assert response.history == []
+    [got] = receiver.received("/r")
+    assert (got.method, got.path, got.headers["X-A"]) == ("POST", "/r?q=v", "1")
+    assert got.json() == {"k": [1, 2]}
+
+
+def test_request_to_loopback_is_refused_without_allow(receiver: Receiver) -> None:
+    with pytest.raises(EgressRefused):
+        request("GET", f"{receiver.url}/r", EgressPolicy())
+    assert receiver.requests == []
+
+
+def test_request_refuses_other_schemes_before_sending() -> None:
+    with pytest.raises(EgressRefused, match="not 'file'"):
+        request("GET", "file:///etc/passwd", LOOPBACK)
+
+
+def test_follows_a_303_as_get_without_body(receiver: Receiver) -> None:
+    receiver.reply("/start", Reply(status=303, headers={"Location": "/done"}))
+    receiver.reply("/done", Reply(body={"at": "done"}))
+    response = request("POST", f"{receiver.url}/start", LOOPBACK, json={"a": 1})
+    assert response.status == 200
+    assert response.json() == {"at": "done"}
+    assert response.url == f"{receiver.url}/done"
+    assert response.history == [f"{receiver.url}/start"]
+    [first] = receiver.received("/start")
+    [second] = receiver.received("/done")
+    assert (first.method, first.json()) == ("POST", {"a": 1})
+    assert (second.method, second.body) == ("GET", b"")
+    assert "Content-Type" not in second.headers
+
+
+def test_follows_a_302_post_as_get(receiver: Receiver) -> None:
+    receiver.reply("/start", Reply(status=302, headers={"Location": f"{receiver.url}/done"}))
+    request("POST", f"{receiver.url}/start", LOOPBACK, data=b"payload")
+    [second] = receiver.received("/done")
+    assert (second.method, second.body) == ("GET", b"")
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_follows_307_and_308_keeping_method_and_body(receiver: Receiver, status: int) -> None:
+    receiver.reply("/start", Reply(status=status, headers={"Location": "/done"}))
+    request("PUT", f"{receiver.url}/start", LOOPBACK, json={"keep": True})
+    [second] = receiver.received("/done")
+    assert (second.method, second.json()) == ("PUT", {"keep": True})
+
+
+def test_query_params_are_not_carried_across_redirects(receiver: Receiver) -> None:
+    receiver.reply("/start", Reply(status=302, headers={"Location": "/done?from=redirect"}))
+    request("GET", f"{receiver.url}/start", LOOPBACK, params={"secret": "s"})
+    assert [r.path for r in receiver.requests] == ["/start?secret=s", "/done?from=redirect"]
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://127.0.0.2/",
+        "ftp://127.0.0.1/",
+    ],
+)
+def test_redirect_hops_are_checked_again(receiver: Receiver, location: str) -> None:
+    receiver.reply("/start", Reply(status=302, headers={"Location": location}))
+    with pytest.raises(EgressRefused):
+        request("GET", f"{receiver.url}/start", LOOPBACK)
+    assert [r.path for r in receiver.requests] == ["/start"]
+
+
+def test_redirect_to_a_port_on_the_allowed_host_is_followed(receiver: Receiver) -> None:
+    with Receiver() as other:
+        receiver.reply("/start", Reply(status=301, headers={"Location": f"{other.url}/x"}))
+        response = request("GET", f"{receiver.url}/start", LOOPBACK)
+        assert response.status == 200
+        assert [r.path for r in other.requests] == ["/x"]
+
+
+def test_too_many_redirects_is_permanent(receiver: Receiver) -> None:
+    receiver.reply("/loop", Reply(status=302, headers={"Location": "/loop"}))
+    policy = EgressPolicy(allow=("127.0.0.1",), max_redirects=2)
+    with pytest.raises(PermanentError) as caught:
+        request("GET", f"{receiver.url}/loop", policy)
+    assert str(caught.value) == "more than 2 redirects"
+    assert len(receiver.received("/loop")) == 3
+
+
+def test_redirect_status_without_location_is_returned(receiver: Receiver) -> None:
+    receiver.reply("/r", Reply(status=302, body={"no": "location"}))
+    response = request("GET", f"{receiver.url}/r", LOOPBACK)
+    assert (response.status, response.json(), response.history) == (302, {"no": "location"}, [])
+
+
+def test_response_larger_than_the_cap_is_permanent(receiver: Receiver) -> None:
+    receiver.reply("/big", Reply(body=b"x" * 2001))
+    policy = EgressPolicy(allow=("127.0.0.1",), max_bytes=2000)
+    with pytest.raises(PermanentError) as caught:
+        request("GET", f"{receiver.url}/big", policy)
+    assert str(caught.value) == "response is larger than the 2000-byte limit"
+
+
+def test_response_at_the_cap_is_read_whole(receiver: Receiver) -> None:
+    receiver.reply("/big", Reply(body=b"x" * 2000))
+    policy = EgressPolicy(allow=("127.0.0.1",), max_bytes=2000)
+    assert request("GET", f"{receiver.url}/big", policy).content == b"x" * 2000
+
+
+def test_large_response_over_several_chunks_is_capped(receiver: Receiver) -> None:
+    receiver.reply("/big", Reply(body=b"y" * 300_000))
+    policy = EgressPolicy(allow=("127.0.0.1",), max_bytes=200_000)
+    with pytest.raises(PermanentError, match="200000-byte limit"):
+        request("GET", f"{receiver.url}/big", policy)
+
+
+def test_timeout_is_retryable(receiver: Receiver) -> None:
+    receiver.reply("/slow", Reply(delay=1.0))
+    policy = EgressPolicy(allow=("127.0.0.1",), timeout=0.2)
+    with pytest.raises(RetryableError) as caught:
+        request("GET", f"{receiver.url}/slow", policy)
+    assert str(caught.value) == f"GET {receiver.url}/slow timed out after 0.2s"
+
+
+def test_request_timeout_cannot_exceed_the_policy(receiver: Receiver) -> None:
+    receiver.reply("/slow", Reply(delay=1.0))
+    policy = EgressPolicy(allow=("127.0.0.1",), timeout=0.2)
+    with pytest.raises(RetryableError, match=r"timed out after 0\.2s$"):
+        request("GET", f"{receiver.url}/slow", policy, timeout=60)
+
+
+def test_shorter_request_timeout_wins(receiver: Receiver) -> None:
+    receiver.reply("/slow", Reply(delay=1.0))
+    with pytest.raises(RetryableError, match=r"timed out after 0\.1s$"):
+        request("GET", f"{receiver.url}/slow", LOOPBACK, timeout=0.1)
+
+
+def test_connection_refused_is_retryable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port any more.
+    with pytest.raises(RetryableError) as caught:
+        request("GET", f"http://127.0.0.1:{port}/", LOOPBACK)
+    assert str(caught.value).startswith(f"GET http://127.0.0.1:{port}/ failed to connect: ")
+    assert not isinstance(caught.value, PermanentError)
