@@ -6,6 +6,7 @@
 
 Prints executions/s, and queue-to-start latency percentiles from the records.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,16 @@ def main() -> None:
             task_id = stack.orm(PUBLISH.format(url=http.url, n=args.n))
             published = time.monotonic()
             sql = "SELECT COUNT(*) FROM task_executions WHERE task_id = ? AND status = 'completed'"
-            wait_until(lambda: stack.query(sql, (stack.id_param(task_id),))[0][0] >= args.n,
-                       timeout=args.n * 2, interval=0.2)
+            wait_until(
+                lambda: stack.query(sql, (stack.id_param(task_id),))[0][0] >= args.n,
+                timeout=args.n * 2,
+                interval=0.2,
+            )
             done = time.monotonic()
-            rows = stack.query("SELECT queued_at, started_at, completed_at FROM task_executions "
-                               "WHERE task_id = ?", (stack.id_param(task_id),))
+            rows = stack.query(
+                "SELECT queued_at, started_at, completed_at FROM task_executions WHERE task_id = ?",
+                (stack.id_param(task_id),),
+            )
         finally:
             stack.stop()
     waits = sorted((_ts(s) - _ts(q)).total_seconds() * 1000 for q, s, _ in rows)
@@ -64,11 +70,17 @@ def main() -> None:
     q = statistics.quantiles
     print(f"mode={args.mode} n={args.n} worker concurrency={args.concurrency}")
     print(f"publish (incl. Django start-up of the shell): {published - started:.2f} s")
-    print(f"all completed after {done - started:.2f} s: {args.n / (done - started):.1f} executions/s")
-    print(f"claim->recorded per execution ms: p50 {q(runs, n=100)[49]:.1f}  "
-          f"p99 {q(runs, n=100)[98]:.1f}")
-    print(f"queued->started ms (includes the backlog): p50 {q(waits, n=100)[49]:.0f}  "
-          f"max {waits[-1]:.0f}")
+    print(
+        f"all completed after {done - started:.2f} s: {args.n / (done - started):.1f} executions/s"
+    )
+    print(
+        f"claim->recorded per execution ms: p50 {q(runs, n=100)[49]:.1f}  "
+        f"p99 {q(runs, n=100)[98]:.1f}"
+    )
+    print(
+        f"queued->started ms (includes the backlog): p50 {q(waits, n=100)[49]:.0f}  "
+        f"max {waits[-1]:.0f}"
+    )
     print(f"receiver saw {len(http.received('/bench'))} requests")
 
 

@@ -183,8 +183,16 @@ class ScheduledTask(models.Model):
             raise ValidationError(by_field) from None
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        # Atomic so that the beat row (synced by a post_save receiver) and the
-        # definition change commit or roll back together.
+        """Validate the definition (whoever saves: service, admin or plain ORM), then save.
+
+        Atomic so that the beat row (synced by a post_save receiver) and the definition
+        change commit or roll back together.
+        """
+        from .validation import validate_task
+
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or DEFINITION_FIELDS & set(update_fields):
+            validate_task(self)
         with transaction.atomic(using=kwargs.get("using")):
             super().save(*args, **kwargs)
 

@@ -1,5 +1,6 @@
 """Test set-up: the unit suite runs on PostgreSQL when it answers (always in CI) and on
 the embedded SQLite otherwise; integration tests start their own stacks."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -20,13 +21,29 @@ def django_db_modify_db_settings() -> None:
         return
     default = settings.DATABASES["default"]
     default.clear()
-    default.update({
-        "ENGINE": "django.db.backends.postgresql", "NAME": "scheduler", "USER": "postgres",
-        "HOST": POSTGRES[0], "PORT": POSTGRES[1], "PASSWORD": "", "CONN_MAX_AGE": 0,
-        "CONN_HEALTH_CHECKS": False, "OPTIONS": {}, "ATOMIC_REQUESTS": False,
-        "AUTOCOMMIT": True, "TIME_ZONE": None, "TEST": {"NAME": "test_scheduler", "CHARSET": None, "COLLATION": None,
-                 "MIGRATE": True, "MIRROR": None},
-    })
+    default.update(
+        {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "scheduler",
+            "USER": "postgres",
+            "HOST": POSTGRES[0],
+            "PORT": POSTGRES[1],
+            "PASSWORD": "",
+            "CONN_MAX_AGE": 0,
+            "CONN_HEALTH_CHECKS": False,
+            "OPTIONS": {},
+            "ATOMIC_REQUESTS": False,
+            "AUTOCOMMIT": True,
+            "TIME_ZONE": None,
+            "TEST": {
+                "NAME": "test_scheduler",
+                "CHARSET": None,
+                "COLLATION": None,
+                "MIGRATE": True,
+                "MIRROR": None,
+            },
+        }
+    )
     connections.close_all()
     try:
         del connections["default"]

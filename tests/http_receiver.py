@@ -1,4 +1,5 @@
 """A real HTTP server on loopback that records what it receives."""
+
 from __future__ import annotations
 
 import json
@@ -44,16 +45,19 @@ class Receiver:
                 path = self.path.split("?")[0]
                 with receiver._cond:
                     receiver.requests.append(
-                        Received(self.command, self.path, dict(self.headers), body))
+                        Received(self.command, self.path, dict(self.headers), body)
+                    )
                     receiver._cond.notify_all()
                     reply = receiver._reply_for(path)
                 if reply.delay:
                     time.sleep(reply.delay)
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(
-                    reply.body).encode()
+                payload = (
+                    reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                )
                 self.send_response(reply.status)
-                self.send_header("Content-Type", reply.headers.get(
-                    "Content-Type", "application/json"))
+                self.send_header(
+                    "Content-Type", reply.headers.get("Content-Type", "application/json")
+                )
                 for key, value in reply.headers.items():
                     if key != "Content-Type":
                         self.send_header(key, value)
@@ -69,6 +73,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        # Clients that give up (timeout tests, killed workers) are expected here.
+        self.server.handle_error = lambda request, client_address: None
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def _reply_for(self, path: str) -> Reply:
@@ -106,7 +112,8 @@ class Receiver:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(
-                        f"expected {count} request(s) to {path} within {timeout}s, got {len(got)}")
+                        f"expected {count} request(s) to {path} within {timeout}s, got {len(got)}"
+                    )
                 self._cond.wait(left)
 
     def __enter__(self) -> Receiver:

@@ -1,4 +1,5 @@
 """Real services the tests talk to: skip without them on a laptop, fail in CI."""
+
 from __future__ import annotations
 
 import os

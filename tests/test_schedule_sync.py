@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import (
@@ -297,12 +298,12 @@ def test_exception_in_the_same_transaction_rolls_back_both(user: Any) -> None:
     assert PeriodicTask.objects.count() == 0
 
 
-def test_failing_sync_rolls_back_the_definition(user: Any) -> None:
-    # Validation bypassed: the sync cannot build a crontab, so the save must not stick.
-    with pytest.raises(cronlib.CronError):
+def test_plain_orm_save_is_validated_and_stores_nothing_when_invalid(user: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
         ScheduledTask.objects.create(
             owner=user, name="broken", type="recurring", cron="every minute", action=WEBHOOK
         )
+    assert list(caught.value.message_dict) == ["schedule.cron"]
     assert ScheduledTask.objects.count() == 0
     assert PeriodicTask.objects.count() == 0
 

@@ -1,5 +1,6 @@
 """A whole system started as real processes (web, worker, beat, flower), on the embedded
 default (SQLite + filesystem transport) or on PostgreSQL + Redis."""
+
 from __future__ import annotations
 
 import json
@@ -62,14 +63,22 @@ class Stack:
         self.logs: dict[str, Path] = {}
         self.web_port = free_port()
         self.flower_port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("DATABASE_", "CELERY_", "SCHEDULER_", "DJANGO_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DATABASE_", "CELERY_", "SCHEDULER_", "DJANGO_"))
+        }
         env.update(FAST_RECOVERY)
-        env.update({
-            "SCHEDULER_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "WEB_PORT": str(self.web_port),
-            "FLOWER_PORT": str(self.flower_port), "WORKER_CONCURRENCY": "2",
-        })
+        env.update(
+            {
+                "SCHEDULER_DATA_DIR": str(self.data_dir),
+                "PYTHONUNBUFFERED": "1",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+                "WEB_PORT": str(self.web_port),
+                "FLOWER_PORT": str(self.flower_port),
+                "WORKER_CONCURRENCY": "2",
+            }
+        )
         self.db_name = None
         if mode == "postgres-redis":
             self.db_name = f"it_{uuid.uuid4().hex[:12]}"
@@ -93,15 +102,25 @@ class Stack:
         redis.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").execute_command(*command)
 
     def manage(self, *args: str, timeout: float = 180) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if done.returncode != 0:
-            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+            raise AssertionError(
+                f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+            )
         return done.stdout
 
     def orm(self, code: str) -> Any:
         """Run Python in the stack's Django (services, ORM); return its ``result``."""
-        script = f"{code}\nimport json as _j\nprint({RESULT_MARK!r} + _j.dumps(result, default=str))"
+        script = (
+            f"{code}\nimport json as _j\nprint({RESULT_MARK!r} + _j.dumps(result, default=str))"
+        )
         out = self.manage("shell", "--no-imports", "-c", script)
         return json.loads(out.split(RESULT_MARK, 1)[1])
 
@@ -123,53 +142,42 @@ class Stack:
     def start(self, name: str, command: str | list[str]) -> subprocess.Popen:
         log = self.workdir / f"{name}.log"
         self.logs[name] = log
-        argv = ["sh", "-c", command] if isinstance(command, str) else command
-        process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log.open("ab"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        # `exec` so that the process we hold is the command itself, not a shell around it.
+        argv = ["sh", "-c", f"exec {command}"] if isinstance(command, str) else command
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes[name] = process
         return process
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
+        _signal_group(process.pid, sig)
         process.wait(timeout=30)
 
     def children(self, name: str) -> list[int]:
         """PIDs of the processes started by ``name``'s main process (its pool)."""
-        main = self._main_pid(name)
+        main = self.processes[name].pid
         out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def _main_pid(self, name: str) -> int:
-        process = self.processes[name]
-        out = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
-                             text=True).stdout.split()
-        # `sh -c` may exec the command (same pid) or fork it (child pid).
-        return int(out[0]) if out and self._cmdline(process.pid).startswith("sh") else process.pid
-
-    @staticmethod
-    def _cmdline(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return ""
-
     def stop(self) -> None:
-        for name in list(self.processes):
-            try:
-                os.killpg(self.processes[name].pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        """SIGTERM every process group, wait, then SIGKILL whatever is left in them."""
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        for name, process in list(self.processes.items()):
+        for process in self.processes.values():
             try:
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+                pass
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
         self.processes.clear()
         if self.db_name:
             self._redis("FLUSHDB")
@@ -198,9 +206,12 @@ class Stack:
     def compose_argv(self, service: str) -> list[str]:
         """A compose service's command, bound to this stack's local ports."""
         argv = [str(a) for a in compose_services()[service]["command"]]
-        return [a.replace("0.0.0.0:8000", f"127.0.0.1:{self.web_port}")
-                 .replace("--port=5555", f"--port={self.flower_port}")
-                 .replace("/data/", f"{self.data_dir}/") for a in argv]
+        return [
+            a.replace("0.0.0.0:8000", f"127.0.0.1:{self.web_port}")
+            .replace("--port=5555", f"--port={self.flower_port}")
+            .replace("/data/", f"{self.data_dir}/")
+            for a in argv
+        ]
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.5, message: str = "") -> Any:
@@ -212,3 +223,10 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.5, message: s
         if time.monotonic() > deadline:
             raise AssertionError(message or f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,10 +1,11 @@
 """compose.yaml is valid and its processes, started by hand with the same commands,
 make a working system on a local PostgreSQL and Redis (no Docker engine here)."""
+
 from __future__ import annotations
 
-from collections.abc import Iterator
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,9 @@ def test_compose_file_declares_the_whole_system() -> None:
     assert services["worker"]["command"][:4] == ["celery", "-A", "scheduler_project", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "scheduler_project", "beat"]
     assert services["web"]["command"][:2] == ["gunicorn", "scheduler_project.wsgi"]
-    assert "ports" not in services["worker"] and "container_name" not in services["worker"], \
+    assert "ports" not in services["worker"] and "container_name" not in services["worker"], (
         "the worker must stay scalable"
+    )
     assert (ROOT / "Dockerfile").exists()
 
 
@@ -67,7 +69,19 @@ def test_compose_processes_serve_health_admin_and_flower(compose_stack: Stack) -
 
 def test_worker_answers_ping(compose_stack: Stack) -> None:
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "celery"), "-A", "scheduler_project", "inspect", "ping",
-         "--timeout", "10"],
-        cwd=ROOT, env=compose_stack.env, capture_output=True, text=True, timeout=60)
+        [
+            str(Path(sys.executable).parent / "celery"),
+            "-A",
+            "scheduler_project",
+            "inspect",
+            "ping",
+            "--timeout",
+            "10",
+        ],
+        cwd=ROOT,
+        env=compose_stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "pong" in done.stdout, done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """The whole pipeline with real processes: beat -> broker -> worker -> webhook executor
 -> execution record, on the embedded default and on PostgreSQL + Redis."""
+
 from __future__ import annotations
 
 import os
@@ -25,16 +26,19 @@ def webhook(http: Receiver, path: str, **extra: Any) -> dict[str, Any]:
 
 
 def executions(stack: Stack, task_id: str) -> list[dict[str, Any]]:
-    rows = stack.query(f"SELECT {EXECUTION_COLUMNS} FROM task_executions WHERE task_id = ?",
-                       (stack.id_param(task_id),))
+    rows = stack.query(
+        f"SELECT {EXECUTION_COLUMNS} FROM task_executions WHERE task_id = ?",
+        (stack.id_param(task_id),),
+    )
     names = [c.strip() for c in EXECUTION_COLUMNS.split(",")]
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def task_row(stack: Stack, task_id: str) -> dict[str, Any]:
     cols = ["status", "run_count", "last_run", "next_run", "periodic_task_id"]
-    [row] = stack.query(f"SELECT {', '.join(cols)} FROM scheduled_tasks WHERE id = ?",
-                        (stack.id_param(task_id),))
+    [row] = stack.query(
+        f"SELECT {', '.join(cols)} FROM scheduled_tasks WHERE id = ?", (stack.id_param(task_id),)
+    )
     return dict(zip(cols, row, strict=True))
 
 
@@ -55,8 +59,9 @@ def uuid_text(value: Any) -> str:
 
 
 @pytest.fixture(scope="module", params=["embedded", "postgres-redis"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-          http: Receiver) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, http: Receiver
+) -> Iterator[Stack]:
     stack = make_stack(request.param, tmp_path_factory.mktemp(request.param))
     try:
         stack.manage("migrate", "--noinput")
@@ -65,10 +70,16 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         # Two beats at once, all the time: every fire must still run exactly once.
         stack.start("beat", commands["beat"])
         stack.start("beat2", commands["beat"])
-        [stack.recurring_id] = create_tasks(stack, {  # type: ignore[attr-defined]
-            "name": "every minute", "type": "recurring", "cron": "* * * * *",
-            "timezone": "Europe/Paris", "action": webhook(http, f"/minutely-{stack.mode}"),
-        })
+        [stack.recurring_id] = create_tasks(
+            stack,
+            {  # type: ignore[attr-defined]
+                "name": "every minute",
+                "type": "recurring",
+                "cron": "* * * * *",
+                "timezone": "Europe/Paris",
+                "action": webhook(http, f"/minutely-{stack.mode}"),
+            },
+        )
         yield stack
     finally:
         stack.stop()
@@ -77,10 +88,15 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def test_one_time_task_fires_at_its_time(stack: Stack, http: Receiver) -> None:
     path = f"/once-{stack.mode}"
     created = time.time()
-    [task_id] = create_tasks(stack, {
-        "name": "once", "type": "one-time", "in_seconds": 6,
-        "action": webhook(http, path, body={"hello": "world"}, headers={"X-Test": "1"}),
-    })
+    [task_id] = create_tasks(
+        stack,
+        {
+            "name": "once",
+            "type": "one-time",
+            "in_seconds": 6,
+            "action": webhook(http, path, body={"hello": "world"}, headers={"X-Test": "1"}),
+        },
+    )
     [request] = http.wait_for(path, timeout=45)
     assert time.time() - created >= 5.0, "fired before its time"
     assert request.method == "POST"
@@ -101,9 +117,17 @@ def test_one_time_task_fires_at_its_time(stack: Stack, http: Receiver) -> None:
 
 
 def test_twenty_tasks_due_together_with_two_beats_run_exactly_once(
-        stack: Stack, http: Receiver) -> None:
-    specs = [{"name": f"burst {i}", "type": "one-time", "in_seconds": 8 + (i % 3),
-              "action": webhook(http, f"/burst-{stack.mode}", body={"n": i})} for i in range(20)]
+    stack: Stack, http: Receiver
+) -> None:
+    specs = [
+        {
+            "name": f"burst {i}",
+            "type": "one-time",
+            "in_seconds": 8 + (i % 3),
+            "action": webhook(http, f"/burst-{stack.mode}", body={"n": i}),
+        }
+        for i in range(20)
+    ]
     task_ids = create_tasks(stack, *specs)
     http.wait_for(f"/burst-{stack.mode}", 20, timeout=60)
     for task_id in task_ids:
@@ -118,10 +142,15 @@ def test_twenty_tasks_due_together_with_two_beats_run_exactly_once(
 def test_pool_process_killed_mid_task_reruns_once(stack: Stack, http: Receiver) -> None:
     path = f"/child-kill-{stack.mode}"
     http.reply(path, Reply(delay=60, times=1), Reply())
-    [task_id] = create_tasks(stack, {
-        "name": "child kill", "type": "one-time", "in_seconds": 3,
-        "action": webhook(http, path, timeout=120),
-    })
+    [task_id] = create_tasks(
+        stack,
+        {
+            "name": "child kill",
+            "type": "one-time",
+            "in_seconds": 3,
+            "action": webhook(http, path, timeout=120),
+        },
+    )
     http.wait_for(path, timeout=45)
     busy = [pid for pid in stack.children("worker") if _sends_to(pid, http)]
     assert busy, "no pool process is talking to the receiver"
@@ -146,17 +175,21 @@ def _sends_to(pid: int, http: Receiver) -> bool:
         lines = open(f"/proc/{pid}/net/tcp").read().splitlines()[1:]
     except OSError:
         return False
-    return any(line.split()[2].endswith(f":{port}") and line.split()[9] in inodes
-               for line in lines)
+    return any(line.split()[2].endswith(f":{port}") and line.split()[9] in inodes for line in lines)
 
 
 def test_worker_killed_mid_task_reruns_once(stack: Stack, http: Receiver) -> None:
     path = f"/worker-kill-{stack.mode}"
     http.reply(path, Reply(delay=90, times=1), Reply())
-    [task_id] = create_tasks(stack, {
-        "name": "worker kill", "type": "one-time", "in_seconds": 3,
-        "action": webhook(http, path, timeout=120),
-    })
+    [task_id] = create_tasks(
+        stack,
+        {
+            "name": "worker kill",
+            "type": "one-time",
+            "in_seconds": 3,
+            "action": webhook(http, path, timeout=120),
+        },
+    )
     http.wait_for(path, timeout=45)
     stack.kill("worker", signal.SIGKILL)  # the whole worker: main process and pool
     stack.start("worker", procfile_commands()["worker"])
@@ -175,7 +208,9 @@ def test_recurring_task_fires_on_each_minute(stack: Stack, http: Receiver) -> No
     rows = wait_until(lambda: finished(stack, task_id, 2), 30, message=stack.log_tail())
     occurrences = sorted(as_datetime(r["scheduled_for"]) for r in rows)
     assert all(o.second == 0 and o.microsecond == 0 for o in occurrences)
-    assert all(b - a == timedelta(minutes=1) for a, b in zip(occurrences, occurrences[1:]))
+    assert all(
+        b - a == timedelta(minutes=1) for a, b in zip(occurrences, occurrences[1:], strict=False)
+    )
     assert len(occurrences) == len(set(occurrences))
     assert all(r["status"] == "completed" for r in rows if r["status"] != "running")
     task = task_row(stack, task_id)

@@ -1,6 +1,7 @@
 """The README's run command (`python manage.py up`) on the embedded default: it prints
 the URLs and a login, serves the API, admin and Flower within 30 s, and Ctrl-C stops
 every process it started."""
+
 from __future__ import annotations
 
 import os
@@ -21,16 +22,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     web, flower = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABASE_", "CELERY_", "SCHEDULER_", "DJANGO_"))}
-    env.update(FAST_RECOVERY, SCHEDULER_DATA_DIR=str(tmp_path / "var"), WEB_PORT=str(web),
-               FLOWER_PORT=str(flower), PYTHONUNBUFFERED="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CELERY_", "SCHEDULER_", "DJANGO_"))
+    }
+    env.update(
+        FAST_RECOVERY,
+        SCHEDULER_DATA_DIR=str(tmp_path / "var"),
+        WEB_PORT=str(web),
+        FLOWER_PORT=str(flower),
+        PYTHONUNBUFFERED="1",
+    )
     log = tmp_path / "up.log"
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "manage.py", "up"], cwd=ROOT, env=env,
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
+
         def health() -> bool:
             try:
                 return requests.get(f"http://127.0.0.1:{web}/api/health", timeout=2).ok
@@ -48,10 +63,16 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         session = requests.Session()
         form = session.get(f"http://127.0.0.1:{web}/admin/login/", timeout=5)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-        done = session.post(f"http://127.0.0.1:{web}/admin/login/?next=/admin/", timeout=5,
-                            data={"username": login.group(1), "password": login.group(2),
-                                  "csrfmiddlewaretoken": token},
-                            headers={"Referer": f"http://127.0.0.1:{web}/admin/login/"})
+        done = session.post(
+            f"http://127.0.0.1:{web}/admin/login/?next=/admin/",
+            timeout=5,
+            data={
+                "username": login.group(1),
+                "password": login.group(2),
+                "csrfmiddlewaretoken": token,
+            },
+            headers={"Referer": f"http://127.0.0.1:{web}/admin/login/"},
+        )
         assert "Site administration" in done.text, "the printed admin login does not work"
         wait_until(lambda: _flower_up(flower), 30, message=log.read_text())
         marker = f"SCHEDULER_DATA_DIR={tmp_path / 'var'}".encode()
@@ -60,8 +81,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         process.wait(timeout=40)
     marker = f"SCHEDULER_DATA_DIR={tmp_path / 'var'}".encode()
-    wait_until(lambda: not _processes_with(marker), 10,
-               message=f"processes left running: {_processes_with(marker)}")
+    wait_until(
+        lambda: not _processes_with(marker),
+        10,
+        message=f"processes left running: {_processes_with(marker)}",
+    )
 
 
 def _processes_with(marker: bytes) -> list[int]:
