@@ -21,6 +21,8 @@ from .errors import EgressRefused, PermanentError, RetryableError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# Never carried to another origin by a redirect (as requests does for Authorization).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,12 @@ def request(
                 location = response.headers.get("Location")
                 if response.status_code in REDIRECT_CODES and location:
                     history.append(url)
-                    url = urljoin(url, location)
+                    target = urljoin(url, location)
+                    if headers and session.should_strip_auth(url, target):
+                        headers = {
+                            k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS
+                        }
+                    url = target
                     params = None
                     if response.status_code == 303 or (
                         response.status_code in {301, 302} and method.upper() == "POST"

@@ -49,7 +49,7 @@ class WebhookExecutor(Executor[WebhookConfig]):
             body["data"] = config.body.encode()
         elif config.body is not None:
             body["json"] = config.body
-        ctx.log(f"{config.method} {config.url}")
+        ctx.log(f"{config.method} {_without_query(config.url)}")
         response = egress.request(
             config.method,
             config.url,
@@ -67,7 +67,7 @@ class WebhookExecutor(Executor[WebhookConfig]):
         }
         if 200 <= response.status < 300:
             return ActionResult(output=result)
-        message = f"{config.method} {config.url} answered HTTP {response.status}"
+        message = f"{config.method} {_without_query(config.url)} answered HTTP {response.status}"
         if response.status == 429 or response.status >= 500:
             raise RetryableError(message)
         raise PermanentError(message)
@@ -80,3 +80,8 @@ def _body(response: egress.EgressResponse) -> Any:
         except ValueError:
             pass
     return response.text[:MAX_BODY_CHARS]
+
+
+def _without_query(url: str) -> str:
+    """The URL as logged: query strings often carry tokens."""
+    return urlsplit(url)._replace(query="", fragment="").geturl()

@@ -3,6 +3,7 @@ the embedded SQLite otherwise; integration tests start their own stacks."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +37,7 @@ def django_db_modify_db_settings() -> None:
             "AUTOCOMMIT": True,
             "TIME_ZONE": None,
             "TEST": {
-                "NAME": "test_scheduler",
+                "NAME": f"test_scheduler_{os.getpid()}",
                 "CHARSET": None,
                 "COLLATION": None,
                 "MIGRATE": True,

@@ -75,7 +75,9 @@ class Receiver:
         self.server.daemon_threads = True
         # Clients that give up (timeout tests, killed workers) are expected here.
         self.server.handle_error = lambda request, client_address: None
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def _reply_for(self, path: str) -> Reply:
         queue = self.replies.get(path) or []

@@ -120,8 +120,12 @@ def test_weekday_seven_fires_on_sunday() -> None:
 def test_range_ending_in_seven_fires_friday_to_sunday() -> None:
     cron = parse("0 9 * * 5-7")
     runs = cron.upcoming(utc(2025, 1, 13), 4)  # from Monday
-    assert runs == [utc(2025, 1, 17, 9), utc(2025, 1, 18, 9), utc(2025, 1, 19, 9),
-                    utc(2025, 1, 24, 9)]
+    assert runs == [
+        utc(2025, 1, 17, 9),
+        utc(2025, 1, 18, 9),
+        utc(2025, 1, 19, 9),
+        utc(2025, 1, 24, 9),
+    ]
 
 
 # --- parse: timezone --------------------------------------------------------------
@@ -225,7 +229,7 @@ def test_upcoming_crosses_spring_forward_at_the_wall_clock_time() -> None:
     ]
 
 
-def test_every_quarter_hour_counts_real_time_across_fall_back() -> None:
+def test_every_half_hour_counts_real_time_across_fall_back() -> None:
     cron = parse("*/30 * * * *", NY)
     # 2025-11-02 01:00 EDT (05:00 UTC) .. 01:59 EST (06:59 UTC): the hour repeats,
     # and a wildcard-hour schedule keeps firing every 30 real minutes through it.

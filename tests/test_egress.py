@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,6 +15,36 @@ from executors.errors import EgressRefused, PermanentError, RetryableError
 from tests.http_receiver import Receiver, Reply
 
 LOOPBACK = EgressPolicy(allow=("127.0.0.1",))
+SLOW = 0.5  # seconds a slow reply takes; every client timeout below is shorter
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def other_server() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def other(other_server: Receiver) -> Receiver:
+    """A second loopback server: another port, so another origin."""
+    other_server.requests.clear()
+    other_server.replies.clear()
+    return other_server
+
+
+@pytest.fixture
+def receiver(server: Receiver) -> Receiver:
+    """The conftest receiver, shared by this module's tests and emptied before each one
+    (stopping a Receiver takes up to half a second, which would dominate the run)."""
+    server.requests.clear()
+    server.replies.clear()
+    return server
 
 
 # --- check_url ----------------------------------------------------------------------
@@ -35,7 +66,9 @@ def test_refuses_other_schemes(url: str, scheme: str) -> None:
 
 
 def test_refuses_a_url_without_scheme() -> None:
-    with pytest.raises(EgressRefused, match=r"^only http and https URLs may be fetched, not 'none'"):
+    with pytest.raises(
+        EgressRefused, match=r"^only http and https URLs may be fetched, not 'none'"
+    ):
         check_url("//example.com/", EgressPolicy())
 
 
@@ -66,8 +99,9 @@ def test_refuses_a_url_without_host() -> None:
 def test_refuses_non_public_addresses(url: str, host: str, address: str) -> None:
     with pytest.raises(EgressRefused) as caught:
         check_url(url, EgressPolicy())
+    shown = ipaddress.ip_address(address)  # how this Python spells it (::ffff:7f00:1 on 3.11)
     assert str(caught.value) == (
-        f"refused to connect to {host!r}: it resolves to {address}, which is not a public "
+        f"refused to connect to {host!r}: it resolves to {shown}, which is not a public "
         "address (operators can allow it with SCHEDULER_EGRESS_ALLOW)"
     )
 
@@ -83,7 +117,13 @@ def test_refusal_is_a_permanent_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://93.184.215.14/", "https://8.8.8.8:443/dns", "http://[2606:4700::1111]/"]
+    "url",
+    [
+        "http://93.184.215.14/",
+        "https://8.8.8.8:443/dns",
+        "http://[2606:4700::1111]/",
+        "http://[::ffff:8.8.8.8]/",
+    ],
 )
 def test_allows_public_addresses(url: str) -> None:
     assert check_url(url, EgressPolicy()) is None
@@ -130,7 +170,11 @@ def test_policy_allows_address_only_for_networks() -> None:
 def test_request_sends_and_returns_the_response(receiver: Receiver) -> None:
     receiver.reply("/r", Reply(status=201, body={"made": 1}, headers={"X-Thing": "yes"}))
     response = request(
-        "POST", f"{receiver.url}/r", LOOPBACK, headers={"X-A": "1"}, params={"q": "v"},
+        "POST",
+        f"{receiver.url}/r",
+        LOOPBACK,
+        headers={"X-A": "1"},
+        params={"q": "v"},
         json={"k": [1, 2]},
     )
     assert isinstance(response, EgressResponse)
@@ -139,7 +183,7 @@ def test_request_sends_and_returns_the_response(receiver: Receiver) -> None:
     assert response.text == '{"made": 1}'
     assert response.content == b'{"made": 1}'
     assert response.headers["X-Thing"] == "yes"
-    assert response.url == f"{receiver.url}/r?q=v"
+    assert response.url == f"{receiver.url}/r"
     assert response.history == []
     [got] = receiver.received("/r")
     assert (got.method, got.path, got.headers["X-A"]) == ("POST", "/r?q=v", "1")
@@ -210,12 +254,28 @@ def test_redirect_hops_are_checked_again(receiver: Receiver, location: str) -> N
     assert [r.path for r in receiver.requests] == ["/start"]
 
 
-def test_redirect_to_a_port_on_the_allowed_host_is_followed(receiver: Receiver) -> None:
-    with Receiver() as other:
-        receiver.reply("/start", Reply(status=301, headers={"Location": f"{other.url}/x"}))
-        response = request("GET", f"{receiver.url}/start", LOOPBACK)
-        assert response.status == 200
-        assert [r.path for r in other.requests] == ["/x"]
+SECRETS = {"Authorization": "Bearer s3cret", "Cookie": "session=abc", "X-Trace": "t-1"}
+
+
+def test_same_origin_redirect_keeps_credentials(receiver: Receiver) -> None:
+    receiver.reply("/start", Reply(status=307, headers={"Location": "/done"}))
+    request("GET", f"{receiver.url}/start", LOOPBACK, headers=dict(SECRETS))
+    [second] = receiver.received("/done")
+    assert {k: second.headers.get(k) for k in SECRETS} == SECRETS
+
+
+def test_cross_origin_redirect_drops_credentials(receiver: Receiver, other: Receiver) -> None:
+    receiver.reply("/start", Reply(status=307, headers={"Location": f"{other.url}/x"}))
+    response = request("GET", f"{receiver.url}/start", LOOPBACK, headers=dict(SECRETS))
+    assert response.status == 200
+    [first] = receiver.received("/start")
+    [second] = other.received("/x")
+    assert {k: first.headers.get(k) for k in SECRETS} == SECRETS
+    assert {k: second.headers.get(k) for k in SECRETS} == {
+        "Authorization": None,
+        "Cookie": None,
+        "X-Trace": "t-1",
+    }
 
 
 def test_too_many_redirects_is_permanent(receiver: Receiver) -> None:
@@ -255,7 +315,7 @@ def test_large_response_over_several_chunks_is_capped(receiver: Receiver) -> Non
 
 
 def test_timeout_is_retryable(receiver: Receiver) -> None:
-    receiver.reply("/slow", Reply(delay=1.0))
+    receiver.reply("/slow", Reply(delay=SLOW))
     policy = EgressPolicy(allow=("127.0.0.1",), timeout=0.2)
     with pytest.raises(RetryableError) as caught:
         request("GET", f"{receiver.url}/slow", policy)
@@ -263,14 +323,14 @@ def test_timeout_is_retryable(receiver: Receiver) -> None:
 
 
 def test_request_timeout_cannot_exceed_the_policy(receiver: Receiver) -> None:
-    receiver.reply("/slow", Reply(delay=1.0))
+    receiver.reply("/slow", Reply(delay=SLOW))
     policy = EgressPolicy(allow=("127.0.0.1",), timeout=0.2)
     with pytest.raises(RetryableError, match=r"timed out after 0\.2s$"):
         request("GET", f"{receiver.url}/slow", policy, timeout=60)
 
 
 def test_shorter_request_timeout_wins(receiver: Receiver) -> None:
-    receiver.reply("/slow", Reply(delay=1.0))
+    receiver.reply("/slow", Reply(delay=SLOW))
     with pytest.raises(RetryableError, match=r"timed out after 0\.1s$"):
         request("GET", f"{receiver.url}/slow", LOOPBACK, timeout=0.1)
 

@@ -117,7 +117,7 @@ def test_default_registry_has_webhook() -> None:
     ("loc", "path"),
     [
         ((), ""),
-        (("url",),  "url"),
+        (("url",), "url"),
         (("tasks", 2, "url"), "tasks[2].url"),
         (("headers", "X-Key"), "headers.X-Key"),
         ((0, "a", 1, 2), "[0].a[1][2]"),
@@ -216,7 +216,11 @@ def test_check_executors_errors_for_an_executor_of_an_unknown_type(
     monkeypatch.setattr(executors, "registry", registry)
     problems = checks.check_executors()
     assert [(p.level, p.id, p.msg) for p in problems] == [
-        (django_checks.ERROR, "tasks_app.E002", "executor registered for unknown action type 'echo'")
+        (
+            django_checks.ERROR,
+            "tasks_app.E002",
+            "executor registered for unknown action type 'echo'",
+        )
     ]
 
 
