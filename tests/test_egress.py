@@ -94,6 +94,11 @@ def test_refuses_a_url_without_host() -> None:
         ("http://0.0.0.0/", "0.0.0.0", "0.0.0.0"),
         ("http://100.64.0.1/", "100.64.0.1", "100.64.0.1"),
         ("http://224.0.0.251/", "224.0.0.251", "224.0.0.251"),
+        ("http://[64:ff9b::a00:1]/", "64:ff9b::a00:1", "64:ff9b::a00:1"),  # NAT64 of 10.0.0.1
+        ("http://[2002:a00:1::1]/", "2002:a00:1::1", "2002:a00:1::1"),  # 6to4 of 10.0.0.1
+        ("http://[::10.0.0.1]/", "::10.0.0.1", "::10.0.0.1"),  # IPv4-compatible
+        ("http://2130706433/", "2130706433", "127.0.0.1"),  # decimal spelling
+        ("http://127.1/", "127.1", "127.0.0.1"),  # short spelling
     ],
 )
 def test_refuses_non_public_addresses(url: str, host: str, address: str) -> None:
@@ -104,6 +109,13 @@ def test_refuses_non_public_addresses(url: str, host: str, address: str) -> None
         f"refused to connect to {host!r}: it resolves to {shown}, which is not a public "
         "address (operators can allow it with SCHEDULER_EGRESS_ALLOW)"
     )
+
+
+def test_embedded_public_ipv4_stays_allowed() -> None:
+    from executors.egress import _public
+
+    assert _public(ipaddress.ip_address("64:ff9b::808:808"))  # NAT64 of 8.8.8.8
+    assert not _public(ipaddress.ip_address("64:ff9b::7f00:1"))  # NAT64 of 127.0.0.1
 
 
 def test_refuses_localhost_whatever_it_resolves_to() -> None:
