@@ -8,6 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from .conf import RECOVER_TASK_NAME, RUN_TASK_NAME
+from .models import ExecutionStatus
 from .services import executions, recovery
 
 
@@ -31,6 +32,8 @@ def run_task(
         if execution is None:
             return {"outcome": "ignored", "reason": "task no longer exists or has finished"}
         execution_id = str(execution.pk)
+        if execution.status == ExecutionStatus.SKIPPED:
+            return {"outcome": "skipped", "executionId": execution_id, "reason": execution.error}
     claimed = executions.execution_claim(
         execution_id=execution_id, attempt=attempt, worker=executions.worker_identity()
     )

@@ -5,9 +5,11 @@ Webhook actions talk to a real HTTP server on loopback."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -274,6 +276,23 @@ def test_live_process_on_this_host_keeps_its_claim(user: Any, conf: Any, live_pi
     execution = queued(webhook_task(user, "https://example.com/x"))
     claim(execution, 1, f"{HOST}:{live_pid}")
     assert claim(execution, 1, "b:1") is None
+
+
+def test_same_thread_of_this_process_counts_as_finished(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    claim(execution, 1, f"{HOST}:{os.getpid()}:{threading.get_ident()}")
+    assert claim(execution, 1, "b:1") is not None
+
+
+def test_another_thread_of_this_process_keeps_its_claim(user: Any, conf: Any) -> None:
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    other_thread = threading.get_ident() + 1
+    claim(execution, 1, f"{HOST}:{os.getpid()}:{other_thread}")
+    assert claim(execution, 1, "b:1") is None
+
+
+def test_worker_identity_names_host_process_and_thread() -> None:
+    assert executions.worker_identity() == f"{HOST}:{os.getpid()}:{threading.get_ident()}"
 
 
 def test_live_holder_on_another_host_blocks(user: Any, conf: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,7 +43,9 @@ WAITING = (ExecutionStatus.QUEUED, ExecutionStatus.RETRYING)
 
 
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:thread — the thread part tells apart runs inside one process (thread or
+    greenlet pools, whose get_ident() is per greenlet once gevent patches threading)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 def log_entry(message: str, level: str = "info") -> dict[str, str]:
@@ -95,13 +98,15 @@ def _process_gone(pid: int) -> bool:
 def holder_is_dead(execution: TaskExecution, now: datetime) -> bool:
     if execution.lease_expires_at is not None and execution.lease_expires_at <= now:
         return True
-    host, _, pid_text = execution.worker.rpartition(":")
+    host, pid_text, thread_text = (execution.worker.split(":") + ["", ""])[:3]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    # A prefork process runs one task at a time: if the holder is this very process,
-    # its earlier run is over.
-    return pid == os.getpid() or _process_gone(pid)
+    if pid == os.getpid():
+        # The same thread of this very process is free to run us now, so the earlier
+        # run there is over; another thread of ours may still be running it.
+        return thread_text in ("", str(threading.get_ident()))
+    return _process_gone(pid)
 
 
 def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExecution | None:

@@ -167,9 +167,10 @@ class Stack:
         return [int(pid) for pid in out.split()]
 
     def stop(self) -> None:
-        """SIGTERM every process group, wait, then SIGKILL whatever is left in them."""
+        """SIGTERM each main process (as Docker or systemd do), wait, then SIGKILL whatever
+        is left in its process group."""
         for process in self.processes.values():
-            _signal_group(process.pid, signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
         for process in self.processes.values():
             try:
