@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import make_stack
-from tests.integration.stack import ROOT, Stack, compose_services
+from tests.integration.stack import ROOT, Stack, compose_services, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -68,20 +68,23 @@ def test_compose_processes_serve_health_admin_and_flower(compose_stack: Stack) -
 
 
 def test_worker_answers_ping(compose_stack: Stack) -> None:
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "celery"),
-            "-A",
-            "scheduler_project",
-            "inspect",
-            "ping",
-            "--timeout",
-            "10",
-        ],
-        cwd=ROOT,
-        env=compose_stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "pong" in done.stdout, done.stdout + done.stderr
+    def ping() -> str:
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "celery"),
+                "-A",
+                "scheduler_project",
+                "inspect",
+                "ping",
+                "--timeout",
+                "5",
+            ],
+            cwd=ROOT,
+            env=compose_stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout if "pong" in done.stdout else ""
+
+    assert "pong" in wait_until(ping, 60, interval=1, message=compose_stack.log_tail())
