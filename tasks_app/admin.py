@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .models import ScheduledTask, TaskExecution, TaskWebhook
+from .models import EDITABLE_FIELDS, ScheduledTask, TaskExecution, TaskWebhook
 from .services import definitions, dispatch
 
 
@@ -53,20 +53,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         "updated_at",
         "history",
     )
-    fields = (
-        "owner",
-        "name",
-        "description",
-        "type",
-        "cron",
-        "timezone",
-        "run_at",
-        "trigger",
-        "action",
-        "conditions",
-        "retry_policy",
-        "notification",
-    ) + readonly_fields
+    fields = ("owner", *EDITABLE_FIELDS, *readonly_fields)
     inlines = [ExecutionInline]
     actions = ["pause", "resume", "run_now"]
 

@@ -60,23 +60,12 @@ class ExecutionTrigger(models.TextChoices):
     EVENT = "event", "Event"
 
 
-DEFINITION_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "type",
-        "cron",
-        "timezone",
-        "run_at",
-        "trigger",
-        "action",
-        "conditions",
-        "retry_policy",
-        "notification",
-        "status",
-        "owner",
-    }
+# The fields a user edits, in form order; saving any of them (or status/owner) validates.
+EDITABLE_FIELDS = (
+    "name", "description", "type", "cron", "timezone", "run_at", "trigger", "action",
+    "conditions", "retry_policy", "notification",
 )
+DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "status", "owner"})
 
 
 PATH_FIELDS = {

@@ -11,24 +11,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import ScheduledTask, TaskStatus, TaskType
+from ..models import EDITABLE_FIELDS, ScheduledTask, TaskStatus, TaskType
 from ..validation import validate_task
 
-EDITABLE = frozenset(
-    {
-        "name",
-        "description",
-        "type",
-        "cron",
-        "timezone",
-        "run_at",
-        "trigger",
-        "action",
-        "conditions",
-        "retry_policy",
-        "notification",
-    }
-)
+EDITABLE = frozenset(EDITABLE_FIELDS)
 
 
 def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
