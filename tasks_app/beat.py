@@ -1,6 +1,11 @@
 """The beat scheduler: django-celery-beat's DatabaseScheduler, with our task's cron
-entries evaluated by :mod:`tasks_app.cron` and each fire stamped with its nominal
-occurrence (the key of its execution, so two beats or a restart never run it twice)."""
+entries evaluated by :mod:`tasks_app.cron`.
+
+Each fire of a task is first written to the execution ledger under its nominal
+occurrence (one row per task and occurrence), then published by whoever wrote it: two
+beats or a restarted beat never run an occurrence twice, and a message the broker loses
+is re-published from the ledger by the recovery job.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import schedules
+from celery.utils.log import get_logger
+from django.db import DatabaseError
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from . import cron as cronlib
 from .conf import RUN_TASK_NAME
+from .services import executions
+
+logger = get_logger(__name__)
 
 
 class CronSchedule(schedules.BaseSchedule):
@@ -78,6 +88,18 @@ class Scheduler(DatabaseScheduler):
         if occurrence is None:
             return None
         # The entry handed in here is the one being sent (a fresh one is kept in the
-        # schedule), so stamping its kwargs affects this message only.
-        entry.kwargs = {**entry.kwargs, "scheduled_for": occurrence.isoformat()}
+        # schedule), so changing its kwargs affects this message only.
+        try:
+            # (DatabaseScheduler.schedule already renewed stale connections this tick.)
+            execution = executions.execution_for_occurrence(
+                task_id=entry.kwargs.get("task_id"), scheduled_for=occurrence
+            )
+            if execution is None or not executions.execution_take_publication(
+                execution=execution
+            ):
+                return None  # task gone or paused, or the occurrence was recorded already
+            entry.kwargs = {"execution_id": str(execution.pk), "attempt": 1}
+        except DatabaseError:
+            logger.exception("could not record %s at %s; the worker will", entry.name, occurrence)
+            entry.kwargs = {**entry.kwargs, "scheduled_for": occurrence.isoformat()}
         return super().apply_async(entry, producer, advance=False, **kwargs)

@@ -1,10 +1,11 @@
-"""tasks_app.beat: cron entries evaluated by tasks_app.cron, and each fire stamped with
-its nominal occurrence. Messages go through a real kombu ``memory://`` broker and are
-read back from the queue."""
+"""tasks_app.beat: cron entries evaluated by tasks_app.cron, and each fire recorded in
+the execution ledger under its nominal occurrence before it is published. Messages go
+through a real kombu ``memory://`` broker and are read back from the queue."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from kombu import Connection
 from tasks_app import cron as cronlib
 from tasks_app.beat import CronSchedule, Entry, Scheduler
 from tasks_app.conf import RUN_TASK_NAME
+from tasks_app.models import ScheduledTask, TaskExecution
 
 NY = "America/New_York"
 
@@ -147,6 +149,9 @@ def app() -> Iterator[Celery]:
 @pytest.fixture
 def scheduler(app: Celery) -> Iterator[Scheduler]:
     beat = Scheduler(app=app, lazy=True)
+    # Its periodic sync calls close_old_connections(), which would close the test's
+    # connection in the middle of its transaction; beat's real loop syncs between ticks.
+    beat._last_sync = time.monotonic()
     yield beat
     # DatabaseScheduler registers a sync-at-exit finalizer; this one must not touch the
     # test database after the test has gone.
@@ -231,60 +236,119 @@ def test_entry_occurrence_of_a_clocked_row_is_its_time(app: Celery) -> None:
     assert Entry(row, app=app).occurrence() == utc(2025, 3, 1, 12, 0)
 
 
+@pytest.fixture
+def task(django_user_model: Any) -> ScheduledTask:
+    """A real task for beat rows to point at (a trigger task has no beat row of its own)."""
+    owner = django_user_model.objects.create(username="beat-owner")
+    return ScheduledTask.objects.create(
+        owner=owner,
+        name="beat target",
+        type="trigger",
+        trigger={"type": "event"},
+        action={"type": "webhook", "url": "https://example.com/hook"},
+    )
+
+
+def ledger(task: ScheduledTask) -> list[TaskExecution]:
+    return list(TaskExecution.objects.filter(task=task).order_by("scheduled_for"))
+
+
 @pytest.mark.django_db
-def test_apply_async_stamps_the_nominal_occurrence(app: Celery, scheduler: Scheduler) -> None:
-    row = periodic_row("scheduled-task:e", crontab=crontab_row("0 0 1 1 *", NY))
+def test_apply_async_records_the_occurrence_then_publishes_it(
+    app: Celery, scheduler: Scheduler, task: ScheduledTask
+) -> None:
+    row = periodic_row(
+        "scheduled-task:e", crontab=crontab_row("0 0 1 1 *", NY), kwargs={"task_id": str(task.pk)}
+    )
     entry = scheduler.Entry(row, app=app)
     result = scheduler.apply_async(entry, advance=False)
     [(headers, (args, kwargs, _embed))] = sent_messages(app)
+    [execution] = ledger(task)
+    assert (execution.trigger, execution.status) == ("scheduled", "queued")
+    assert execution.scheduled_for == new_year_in_new_york()
+    assert execution.scheduled_for.isoformat().endswith("-01-01T05:00:00+00:00")
+    assert execution.enqueued_at is not None
     assert headers["task"] == RUN_TASK_NAME
     assert headers["id"] == result.id
     assert headers["periodic_task_name"] == "scheduled-task:e"
     assert args == []
-    assert kwargs == {
-        "task_id": "11111111-2222-3333-4444-555555555555",
-        "scheduled_for": new_year_in_new_york().isoformat(),
-    }
-    assert kwargs["scheduled_for"].endswith("-01-01T05:00:00+00:00")
+    assert kwargs == {"execution_id": str(execution.pk), "attempt": 1}
     # Without advance the row's bookkeeping is the caller's (beat's tick reserves first).
     assert row.total_run_count == 0
 
 
 @pytest.mark.django_db
-def test_apply_async_with_advance_reserves_and_stamps(app: Celery, scheduler: Scheduler) -> None:
-    row = periodic_row("scheduled-task:f", crontab=crontab_row("0 0 1 1 *", NY))
+def test_apply_async_with_advance_reserves_and_records(
+    app: Celery, scheduler: Scheduler, task: ScheduledTask
+) -> None:
+    row = periodic_row(
+        "scheduled-task:f", crontab=crontab_row("0 0 1 1 *", NY), kwargs={"task_id": str(task.pk)}
+    )
     before = datetime.now(UTC)
     scheduler.apply_async(scheduler.Entry(row, app=app))
     [(_headers, (_args, kwargs, _embed))] = sent_messages(app)
-    assert kwargs["scheduled_for"] == new_year_in_new_york().isoformat()
+    [execution] = ledger(task)
+    assert kwargs == {"execution_id": str(execution.pk), "attempt": 1}
+    assert execution.scheduled_for == new_year_in_new_york()
     assert row.total_run_count == 1
     assert row.last_run_at >= before
 
 
 @pytest.mark.django_db
-def test_each_send_carries_only_its_own_occurrence(app: Celery, scheduler: Scheduler) -> None:
-    row = periodic_row("scheduled-task:g", crontab=crontab_row("0 0 1 1 *", NY))
-    entry = scheduler.Entry(row, app=app)
-    scheduler.apply_async(entry, advance=False)
-    scheduler.apply_async(entry, advance=False)
-    expected = {
-        "task_id": "11111111-2222-3333-4444-555555555555",
-        "scheduled_for": new_year_in_new_york().isoformat(),
-    }
-    assert [kwargs for _h, (_a, kwargs, _e) in sent_messages(app)] == [expected, expected]
+def test_a_second_fire_of_the_same_occurrence_publishes_nothing(
+    app: Celery, scheduler: Scheduler, task: ScheduledTask
+) -> None:
+    """Two beats (or a restarted one) reaching the same occurrence: one row, one message."""
+    row = periodic_row(
+        "scheduled-task:g", crontab=crontab_row("0 0 1 1 *", NY), kwargs={"task_id": str(task.pk)}
+    )
+    other_beat = Scheduler(app=app, lazy=True)
+    other_beat._last_sync = time.monotonic()
+    try:
+        scheduler.apply_async(scheduler.Entry(row, app=app), advance=False)
+        assert other_beat.apply_async(other_beat.Entry(row, app=app), advance=False) is None
+    finally:
+        other_beat._finalize.cancel()
+    assert len(sent_messages(app)) == 1
+    assert len(ledger(task)) == 1
 
 
 @pytest.mark.django_db
-def test_apply_async_stamps_a_clocked_row_with_its_time(app: Celery, scheduler: Scheduler) -> None:
+def test_apply_async_records_a_clocked_row_at_its_time(
+    app: Celery, scheduler: Scheduler, task: ScheduledTask
+) -> None:
     clocked = ClockedSchedule.objects.create(clocked_time=utc(2025, 3, 1, 12, 0))
-    row = periodic_row("scheduled-task:h", clocked=clocked, one_off=True)
+    row = periodic_row(
+        "scheduled-task:h", clocked=clocked, one_off=True, kwargs={"task_id": str(task.pk)}
+    )
     scheduler.apply_async(scheduler.Entry(row, app=app), advance=False)
     [(headers, (_args, kwargs, _embed))] = sent_messages(app)
+    [execution] = ledger(task)
     assert headers["task"] == RUN_TASK_NAME
-    assert kwargs == {
-        "task_id": "11111111-2222-3333-4444-555555555555",
-        "scheduled_for": "2025-03-01T12:00:00+00:00",
-    }
+    assert execution.scheduled_for == utc(2025, 3, 1, 12, 0)
+    assert kwargs == {"execution_id": str(execution.pk), "attempt": 1}
+
+
+@pytest.mark.django_db
+def test_a_paused_task_gets_a_skipped_record_and_no_message(
+    app: Celery, scheduler: Scheduler, task: ScheduledTask
+) -> None:
+    ScheduledTask.objects.filter(pk=task.pk).update(status="paused")
+    row = periodic_row(
+        "scheduled-task:p", crontab=crontab_row("0 0 1 1 *", NY), kwargs={"task_id": str(task.pk)}
+    )
+    assert scheduler.apply_async(scheduler.Entry(row, app=app), advance=False) is None
+    assert sent_messages(app) == []
+    [execution] = ledger(task)
+    assert (execution.status, execution.error) == ("skipped", "skipped: the task is paused")
+
+
+@pytest.mark.django_db
+def test_a_deleted_task_is_not_published(app: Celery, scheduler: Scheduler) -> None:
+    row = periodic_row("scheduled-task:x", crontab=crontab_row("0 0 1 1 *", NY))
+    assert scheduler.apply_async(scheduler.Entry(row, app=app), advance=False) is None
+    assert sent_messages(app) == []
+    assert not TaskExecution.objects.exists()
 
 
 @pytest.mark.django_db
@@ -307,8 +371,14 @@ def test_run_task_without_an_occurrence_is_not_sent(app: Celery, scheduler: Sche
 
 
 @pytest.mark.django_db(transaction=True)
-def test_beat_tick_sends_a_due_cron_entry_once_with_its_occurrence(app: Celery) -> None:
-    row = periodic_row("scheduled-task:j", crontab=crontab_row("* * * * *", "UTC"))
+def test_beat_tick_sends_a_due_cron_entry_once_with_its_occurrence(
+    app: Celery, task: ScheduledTask
+) -> None:
+    row = periodic_row(
+        "scheduled-task:j",
+        crontab=crontab_row("* * * * *", "UTC"),
+        kwargs={"task_id": str(task.pk)},
+    )
     PeriodicTask.objects.filter(pk=row.pk).update(
         last_run_at=datetime.now(UTC) - timedelta(seconds=61)
     )
@@ -326,8 +396,10 @@ def test_beat_tick_sends_a_due_cron_entry_once_with_its_occurrence(app: Celery) 
     assert len(messages) == 1
     [(headers, (_args, kwargs, _embed))] = messages
     assert headers["task"] == RUN_TASK_NAME
-    floor = {moment.replace(second=0, microsecond=0).isoformat() for moment in (before, after)}
-    assert kwargs["scheduled_for"] in floor
+    floor = {moment.replace(second=0, microsecond=0) for moment in (before, after)}
+    [execution] = ledger(task)
+    assert execution.scheduled_for in floor
+    assert kwargs == {"execution_id": str(execution.pk), "attempt": 1}
     row.refresh_from_db()
     assert row.total_run_count == 1
     assert before <= row.last_run_at <= after

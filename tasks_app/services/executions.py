@@ -81,6 +81,16 @@ def execution_for_occurrence(*, task_id: str, scheduled_for: datetime) -> TaskEx
     return execution
 
 
+def execution_take_publication(*, execution: TaskExecution) -> bool:
+    """True for exactly one caller: the one that is to publish this queued execution's
+    first message (two beats recording the same occurrence publish it once)."""
+    return bool(
+        TaskExecution.objects.filter(
+            pk=execution.pk, status=ExecutionStatus.QUEUED, enqueued_at__isnull=True
+        ).update(enqueued_at=timezone.now())
+    )
+
+
 def _process_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -166,20 +166,29 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def stop(self) -> None:
-        """SIGTERM each main process (as Docker or systemd do), wait, then SIGKILL whatever
+    def stop_process(self, name: str, timeout: float = 15) -> None:
+        """SIGTERM the main process (as Docker or systemd do), wait, then SIGKILL whatever
         is left in its process group."""
-        for process in self.processes.values():
-            process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        self.processes.clear()
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def lose_broker_messages(self) -> None:
+        """What a broker restart without persistence does: every message is gone."""
+        if self.db_name is None:
+            for message in (self.data_dir / "broker" / "queue").iterdir():
+                message.unlink()
+        else:
+            self._redis("FLUSHDB")
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.stop_process(name)
         if self.db_name:
             self._redis("FLUSHDB")
             self._admin_sql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')

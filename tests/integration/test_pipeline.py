@@ -202,6 +202,31 @@ def test_worker_killed_mid_task_reruns_once(stack: Stack, http: Receiver) -> Non
     assert len(http.received(path)) == 2
 
 
+def test_fire_lost_by_the_broker_runs_once_from_the_ledger(stack: Stack, http: Receiver) -> None:
+    path = f"/lost-{stack.mode}"
+    stack.stop_process("worker")
+    [task_id] = create_tasks(
+        stack,
+        {
+            "name": "lost message",
+            "type": "one-time",
+            "in_seconds": 2,
+            "action": webhook(http, path),
+        },
+    )
+    [recorded] = wait_until(lambda: executions(stack, task_id), 30, message=stack.log_tail())
+    assert recorded["status"] == "queued"
+    time.sleep(1)  # the beat publishes right after recording
+    stack.lose_broker_messages()
+    stack.start("worker", procfile_commands()["worker"])
+    [request] = http.wait_for(path, timeout=90)
+    [execution] = wait_until(lambda: finished(stack, task_id), 30, message=stack.log_tail())
+    assert execution["status"] == "completed" and execution["id"] == recorded["id"]
+    assert request.headers["Idempotency-Key"] == uuid_text(execution["id"])
+    time.sleep(5)
+    assert len(http.received(path)) == 1
+
+
 def test_recurring_task_fires_on_each_minute(stack: Stack, http: Receiver) -> None:
     task_id = stack.recurring_id  # type: ignore[attr-defined]
     http.wait_for(f"/minutely-{stack.mode}", 2, timeout=150)
