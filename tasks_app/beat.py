@@ -15,6 +15,7 @@ from typing import Any
 from celery import schedules
 from celery.utils.log import get_logger
 from django.db import DatabaseError
+from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from . import cron as cronlib
@@ -66,6 +67,24 @@ class Entry(ModelEntry):
             )
             self.schedule = CronSchedule(cronlib.Cron(expression, str(tab.timezone)), app=self.app)
 
+    def save(self) -> None:
+        """Write beat's bookkeeping back, unless the row was edited since this entry was
+        loaded: then the edit (a schedule sync resetting ``last_run_at``, re-arming a
+        one-off) wins instead of being overwritten with stale counters."""
+        model = self.model
+        changed_at = timezone.now()
+        written = (
+            type(model)
+            ._default_manager.filter(pk=model.pk, date_changed=model.date_changed)
+            .update(
+                last_run_at=model.last_run_at,
+                total_run_count=model.total_run_count,
+                date_changed=changed_at,
+            )
+        )
+        if written:
+            model.date_changed = changed_at
+
     def occurrence(self) -> datetime | None:
         if isinstance(self.schedule, CronSchedule):
             return self.schedule.occurrence(datetime.now(UTC))
@@ -94,9 +113,7 @@ class Scheduler(DatabaseScheduler):
             execution = executions.execution_for_occurrence(
                 task_id=entry.kwargs.get("task_id"), scheduled_for=occurrence
             )
-            if execution is None or not executions.execution_take_publication(
-                execution=execution
-            ):
+            if execution is None or not executions.execution_take_publication(execution=execution):
                 return None  # task gone or paused, or the occurrence was recorded already
             entry.kwargs = {"execution_id": str(execution.pk), "attempt": 1}
         except DatabaseError:

@@ -403,3 +403,34 @@ def test_beat_tick_sends_a_due_cron_entry_once_with_its_occurrence(
     row.refresh_from_db()
     assert row.total_run_count == 1
     assert before <= row.last_run_at <= after
+
+
+@pytest.mark.django_db
+def test_write_back_keeps_beats_bookkeeping_when_the_row_is_unchanged(app: Celery) -> None:
+    row = periodic_row("scheduled-task:wb1", crontab=crontab_row("* * * * *", "UTC"))
+    fired = next(Entry(row, app=app))  # what beat keeps after sending
+    fired.save()
+    stored = PeriodicTask.objects.get(pk=row.pk)
+    assert stored.total_run_count == 1
+    assert stored.last_run_at == fired.model.last_run_at
+    again = next(fired)
+    again.save()  # a later write-back by the same beat still lands
+    assert PeriodicTask.objects.get(pk=row.pk).total_run_count == 2
+
+
+@pytest.mark.django_db
+def test_write_back_never_undoes_a_schedule_edit(app: Celery) -> None:
+    """Beat fired a one-off, then the task was re-armed (counters reset by the schedule
+    sync) before beat's periodic write-back: the reset must survive it."""
+    clocked = ClockedSchedule.objects.create(clocked_time=utc(2030, 1, 1, 9, 0))
+    row = periodic_row("scheduled-task:wb2", clocked=clocked, one_off=True)
+    fired = next(Entry(row, app=app))
+    edited = PeriodicTask.objects.get(pk=row.pk)
+    edited.clocked = ClockedSchedule.objects.create(clocked_time=utc(2030, 2, 1, 9, 0))
+    edited.total_run_count = 0
+    edited.last_run_at = utc(2029, 12, 31, 0, 0)
+    edited.save()
+    fired.save()
+    stored = PeriodicTask.objects.get(pk=row.pk)
+    assert (stored.total_run_count, stored.last_run_at) == (0, utc(2029, 12, 31, 0, 0))
+    assert stored.clocked_id == edited.clocked_id
