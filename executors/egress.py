@@ -11,11 +11,16 @@ from __future__ import annotations
 import ipaddress
 import json as jsonlib
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .errors import EgressRefused, PermanentError, RetryableError
 
@@ -101,21 +106,61 @@ def check_url(url: str, policy: EgressPolicy) -> None:
     host = parts.hostname
     if not host:
         raise EgressRefused(f"URL {url!r} has no host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise EgressRefused(f"URL for {host!r} has an invalid port") from None
     if policy.allows_host(host):
         return
     try:
-        infos = socket.getaddrinfo(
-            host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise RetryableError(f"could not resolve {host!r}: {exc}") from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not (_public(address) or policy.allows_address(address)):
-            raise EgressRefused(
-                f"refused to connect to {host!r}: it resolves to {address}, which is not a public "
-                "address (operators can allow it with SCHEDULER_EGRESS_ALLOW)"
-            )
+        _check_address(host, info[4][0], policy)
+
+
+def _check_address(host: str, text: str, policy: EgressPolicy) -> None:
+    address = ipaddress.ip_address(text.split("%")[0])
+    if not (_public(address) or policy.allows_address(address)):
+        raise EgressRefused(
+            f"refused to connect to {host!r}: it resolves to {address}, which is not a public "
+            "address (operators can allow it with SCHEDULER_EGRESS_ALLOW)"
+        )
+
+
+def _checked_session(policy: EgressPolicy) -> requests.Session:
+    """A session whose connections re-check the address they actually reached, before a
+    byte is sent: a DNS answer that changes after check_url (rebinding) is refused."""
+
+    class CheckedConnection:
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()  # type: ignore[misc]
+            if not policy.allows_host(self.host):  # type: ignore[attr-defined]
+                try:
+                    _check_address(self.host, sock.getpeername()[0], policy)  # type: ignore[attr-defined]
+                except EgressRefused:
+                    sock.close()
+                    raise
+            return sock
+
+    class HTTPPool(HTTPConnectionPool):
+        ConnectionCls = type("CheckedHTTPConnection", (CheckedConnection, HTTPConnection), {})
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = type("CheckedHTTPSConnection", (CheckedConnection, HTTPSConnection), {})
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    session = requests.Session()
+    session.trust_env = False  # no proxies from the environment: we check the real peer
+    adapter = Adapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def request(
@@ -132,8 +177,8 @@ def request(
     """Send one request, following checked redirects; read at most ``policy.max_bytes``."""
     timeout = min(timeout or policy.timeout, policy.timeout)
     history: list[str] = []
-    with requests.Session() as session:
-        session.trust_env = False
+    deadline = time.monotonic() + timeout
+    with _checked_session(policy) as session:
         for _ in range(policy.max_redirects + 1):
             check_url(url, policy)
             try:
@@ -149,11 +194,17 @@ def request(
                     stream=True,
                 )
             except requests.Timeout:
-                raise RetryableError(f"{method} {url} timed out after {timeout:g}s") from None
+                raise RetryableError(
+                    f"{method} {redact(url)} timed out after {timeout:g}s"
+                ) from None
             except requests.ConnectionError as exc:
-                raise RetryableError(f"{method} {url} failed to connect: {exc}") from None
+                raise RetryableError(
+                    f"{method} {redact(url)} failed to connect ({_reason(exc)})"
+                ) from None
             except requests.RequestException as exc:
-                raise PermanentError(f"{method} {url} could not be sent: {exc}") from None
+                raise PermanentError(
+                    f"{method} {redact(url)} could not be sent ({_reason(exc)})"
+                ) from None
             with response:
                 location = response.headers.get("Location")
                 if response.status_code in REDIRECT_CODES and location:
@@ -170,22 +221,48 @@ def request(
                     ):
                         method, json, data = "GET", None, None
                     continue
-                content = _read_capped(response, policy.max_bytes)
+                content = _read_capped(response, policy.max_bytes, deadline)
                 return EgressResponse(
                     response.status_code, dict(response.headers), content, url, history
                 )
     raise PermanentError(f"more than {policy.max_redirects} redirects")
 
 
-def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
+def _read_capped(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
+    """Read the body within the size cap and the request's overall deadline (read1 hands
+    back what has arrived, so a server dripping bytes cannot stretch the timeout)."""
     chunks: list[bytes] = []
     size = 0
     try:
-        for chunk in response.iter_content(chunk_size=65536):
+        while chunk := response.raw.read1(65536, decode_content=True):
             size += len(chunk)
             if size > max_bytes:
                 raise PermanentError(f"response is larger than the {max_bytes}-byte limit")
+            if time.monotonic() > deadline:
+                raise RetryableError("the response did not arrive within the timeout")
             chunks.append(chunk)
-    except requests.RequestException as exc:
-        raise RetryableError(f"reading the response failed: {exc}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise RetryableError(f"reading the response failed ({_reason(exc)})") from None
     return b"".join(chunks)
+
+
+def redact(url: str) -> str:
+    """A URL as it may be shown in errors and logs: query strings often carry tokens."""
+    return urlsplit(url)._replace(query="", fragment="").geturl()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, without the URL (urllib3's messages repeat it, query and all)."""
+    text = str(exc)
+    for marker in (
+        "[Errno",
+        "Name or service",
+        "timed out",
+        "Connection refused",
+        "Connection reset",
+        "certificate verify failed",
+    ):
+        index = text.find(marker)
+        if index >= 0:
+            return text[index:].split("'))")[0].split('"))')[0].rstrip(")'\"")
+    return type(exc).__name__

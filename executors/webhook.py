@@ -35,6 +35,10 @@ class WebhookConfig(ActionConfig):
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL")
+        try:
+            parts.port  # noqa: B018 - raises on a port outside 0-65535
+        except ValueError:
+            raise ValueError("has an invalid port") from None
         return value
 
 
@@ -49,7 +53,7 @@ class WebhookExecutor(Executor[WebhookConfig]):
             body["data"] = config.body.encode()
         elif config.body is not None:
             body["json"] = config.body
-        ctx.log(f"{config.method} {_without_query(config.url)}")
+        ctx.log(f"{config.method} {egress.redact(config.url)}")
         response = egress.request(
             config.method,
             config.url,
@@ -67,7 +71,7 @@ class WebhookExecutor(Executor[WebhookConfig]):
         }
         if 200 <= response.status < 300:
             return ActionResult(output=result)
-        message = f"{config.method} {_without_query(config.url)} answered HTTP {response.status}"
+        message = f"{config.method} {egress.redact(config.url)} answered HTTP {response.status}"
         if response.status == 429 or response.status >= 500:
             raise RetryableError(message)
         raise PermanentError(message)
@@ -80,8 +84,3 @@ def _body(response: egress.EgressResponse) -> Any:
         except ValueError:
             pass
     return response.text[:MAX_BODY_CHARS]
-
-
-def _without_query(url: str) -> str:
-    """The URL as logged: query strings often carry tokens."""
-    return urlsplit(url)._replace(query="", fragment="").geturl()

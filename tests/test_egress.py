@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -354,5 +356,79 @@ def test_connection_refused_is_retryable() -> None:
     # Nothing listens on the port any more.
     with pytest.raises(RetryableError) as caught:
         request("GET", f"http://127.0.0.1:{port}/", LOOPBACK)
-    assert str(caught.value).startswith(f"GET http://127.0.0.1:{port}/ failed to connect: ")
+    assert str(caught.value) == (
+        f"GET http://127.0.0.1:{port}/ failed to connect ([Errno 111] Connection refused)"
+    )
     assert not isinstance(caught.value, PermanentError)
+
+
+def test_dns_answer_that_changes_after_the_check_is_refused(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name resolves to a public address when checked and to loopback
+    when connected. The connection's real peer is checked before any byte is sent."""
+    real = socket.getaddrinfo
+    answers = iter([("93.184.216.34", 80)])
+
+    def rebinding(host: str, port: object, *args: object, **kwargs: object) -> object:
+        if host == "rebind.test":
+            try:
+                address = next(answers)
+            except StopIteration:
+                address = ("127.0.0.1", receiver.server.server_address[1])
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address)]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    port = receiver.server.server_address[1]
+    with pytest.raises(EgressRefused, match="it resolves to 127.0.0.1, which is not a public"):
+        request("GET", f"http://rebind.test:{port}/secret", EgressPolicy())
+    assert receiver.received("/secret") == []
+
+
+def test_errors_never_show_the_query_string() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RetryableError) as caught:
+        request(
+            "GET",
+            f"http://127.0.0.1:{port}/hook?token=SECRET1",
+            LOOPBACK,
+            params={"api_key": "SECRET2"},
+        )
+    assert "SECRET" not in str(caught.value)
+    assert str(caught.value).startswith(f"GET http://127.0.0.1:{port}/hook failed to connect")
+
+
+def test_invalid_port_is_refused_not_crashed() -> None:
+    with pytest.raises(EgressRefused, match="invalid port"):
+        check_url("http://example.com:99999/x", EgressPolicy())
+
+
+def test_a_body_dripped_slowly_is_cut_at_the_overall_timeout() -> None:
+    """The timeout bounds the whole request, not each read."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(40):
+                try:
+                    conn.sendall(b"x" * 20)
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="did not arrive within the timeout"):
+        request("GET", f"http://127.0.0.1:{port}/", LOOPBACK, timeout=1.0)
+    assert time.monotonic() - started < 2.5
+    listener.close()
