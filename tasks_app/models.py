@@ -65,7 +65,9 @@ EDITABLE_FIELDS = (
     "name", "description", "type", "cron", "timezone", "run_at", "trigger", "action",
     "conditions", "retry_policy", "notification",
 )
-DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "status", "owner"})
+DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "owner"})
+# Written by the runtime with conditional updates, never by a full save of a stale object.
+RUNTIME_FIELDS = frozenset({"last_run", "next_run", "run_count", "periodic_task"})
 
 
 PATH_FIELDS = {
@@ -174,12 +176,18 @@ class ScheduledTask(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Validate the definition (whoever saves: service, admin or plain ORM), then save.
 
-        Atomic so that the beat row (synced by a post_save receiver) and the definition
-        change commit or roll back together.
+        A full save of an existing task leaves the runtime fields alone (a worker may have
+        moved them since this object was read). Atomic so that the beat row (synced by a
+        post_save receiver) and the definition change commit or roll back together.
         """
         from .validation import validate_task
 
         update_fields = kwargs.get("update_fields")
+        if update_fields is None and not self._state.adding:
+            kwargs["update_fields"] = update_fields = [
+                f.name for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in RUNTIME_FIELDS
+            ]
         if update_fields is None or DEFINITION_FIELDS & set(update_fields):
             validate_task(self)
         with transaction.atomic(using=kwargs.get("using")):

@@ -29,7 +29,7 @@ from tasks_app.models import (
     TaskStatus,
 )
 from tasks_app.services import dispatch, executions, recovery
-from tasks_app.services.definitions import task_create, task_pause, task_update
+from tasks_app.services.definitions import task_create, task_pause, task_resume, task_update
 from tasks_app.tasks import run_task
 from tests.http_receiver import Receiver, Reply
 
@@ -169,6 +169,65 @@ def test_paused_task_occurrence_is_skipped(user: Any) -> None:
     assert claim(execution, 1, "w:1") is None
     task.refresh_from_db()
     assert (task.run_count, task.last_run) == (0, None)
+
+
+def test_paused_one_time_task_keeps_its_occurrence_owed(user: Any) -> None:
+    """Pausing a one-time task must not use up its only run: nothing is recorded while
+    it is paused, and after resuming the same occurrence runs."""
+    task = webhook_task(user, "https://example.com/x", type="one-time")
+    task_pause(task=task)
+    assert (
+        executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at) is None
+    )
+    assert not TaskExecution.objects.filter(task=task).exists()
+    task_resume(task=task)
+    execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)
+    assert execution is not None and execution.status == ExecutionStatus.QUEUED
+
+
+def test_full_save_of_a_stale_task_keeps_the_runtime_counters(user: Any) -> None:
+    task = webhook_task(user, "https://example.com/x")
+    ScheduledTask.objects.filter(pk=task.pk).update(run_count=5, last_run=OCCURRENCE)
+    task.description = "edited from an object read before the runs"
+    task.save()
+    stored = ScheduledTask.objects.get(pk=task.pk)
+    assert (stored.description, stored.run_count, stored.last_run) == (
+        "edited from an object read before the runs",
+        5,
+        OCCURRENCE,
+    )
+
+
+def test_status_changes_do_not_revalidate_the_definition(user: Any) -> None:
+    """A stored definition that no longer validates must not block pause, or the
+    recording of a finished run."""
+    task = webhook_task(user, "https://example.com/x")
+    ScheduledTask.objects.filter(pk=task.pk).update(action={"type": "ai-prompt"})
+    task.refresh_from_db()
+    task_pause(task=task)
+    assert ScheduledTask.objects.get(pk=task.pk).status == TaskStatus.PAUSED
+
+
+def test_run_now_survives_a_broker_that_is_down(
+    user: Any, django_capture_on_commit_callbacks: Any, caplog: Any
+) -> None:
+    from scheduler_project.celery import app as celery_app
+
+    task = webhook_task(user, "https://example.com/x")
+    original = celery_app.conf.broker_url
+    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"
+    celery_app.conf.broker_connection_max_retries = 0
+    celery_app._after_fork()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            execution = dispatch.task_run_now(task=task)
+    finally:
+        celery_app.conf.broker_url = original
+        celery_app.conf.broker_connection_max_retries = None
+        celery_app._after_fork()
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.QUEUED  # the recovery job will publish it
+    assert "Error calling" in caplog.text
 
 
 def test_finished_or_missing_task_makes_no_new_record(user: Any) -> None:

@@ -14,8 +14,6 @@ from django.utils import timezone
 from ..models import EDITABLE_FIELDS, ScheduledTask, TaskStatus, TaskType
 from ..validation import validate_task
 
-EDITABLE = frozenset(EDITABLE_FIELDS)
-
 
 def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
     if task.type == TaskType.ONE_TIME and task.run_at is not None and task.run_at <= now:
@@ -25,7 +23,7 @@ def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
 def task_create(
     *, owner: AbstractBaseUser, name: str, type: str, action: dict[str, Any], **fields: Any
 ) -> ScheduledTask:
-    unknown = set(fields) - EDITABLE
+    unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise TypeError(f"unknown task fields: {', '.join(sorted(unknown))}")
     task = ScheduledTask(owner=owner, name=name, type=type, action=action, **fields)
@@ -36,7 +34,7 @@ def task_create(
 
 
 def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
-    unknown = set(changes) - EDITABLE
+    unknown = set(changes) - set(EDITABLE_FIELDS)
     if unknown:
         raise TypeError(f"unknown task fields: {', '.join(sorted(unknown))}")
     for field, value in changes.items():

@@ -16,7 +16,11 @@ def execution_publish(*, execution: TaskExecution, attempt: int) -> None:
     """Send a run message for ``attempt`` once the current transaction has committed."""
     TaskExecution.objects.filter(pk=execution.pk).update(enqueued_at=timezone.now())
     kwargs = {"execution_id": str(execution.pk), "attempt": attempt}
-    transaction.on_commit(lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs))
+    # robust: a broker that is down must not fail the committed request; the execution
+    # stays queued and the recovery job publishes it later.
+    transaction.on_commit(
+        lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs), robust=True
+    )
 
 
 def task_run_now(

@@ -66,6 +66,8 @@ def execution_for_occurrence(*, task_id: str, scheduled_for: datetime) -> TaskEx
             task_id=task_id, trigger=ExecutionTrigger.SCHEDULED, scheduled_for=scheduled_for
         ).first()
     defaults: dict[str, Any] = {"status": ExecutionStatus.QUEUED}
+    if task.status == TaskStatus.PAUSED and task.type == TaskType.ONE_TIME:
+        return None  # its one occurrence is still owed: resuming the task runs it
     if task.status == TaskStatus.PAUSED:
         defaults = {
             "status": ExecutionStatus.SKIPPED,
