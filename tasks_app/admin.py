@@ -10,7 +10,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
+from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
+from .conf import BEAT_ENTRY_PREFIX
 from .models import EDITABLE_FIELDS, ScheduledTask, TaskExecution, TaskWebhook
 from .services import definitions, dispatch
 
@@ -133,3 +136,44 @@ class TaskWebhookAdmin(admin.ModelAdmin):
     exclude = ("secret",)
     readonly_fields = ("webhook_id", "created_at", "last_used_at")
     list_select_related = ("task",)
+
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
+    """django-celery-beat's page, with the rows of scheduled tasks read-only: they are
+    derived from their task (pause, resume or edit the task instead)."""
+
+    @staticmethod
+    def _is_derived(obj: Any) -> bool:
+        return obj is not None and obj.name.startswith(BEAT_ENTRY_PREFIX)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._is_derived(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._is_derived(obj) and super().has_delete_permission(request, obj)
+
+    def _own_rows(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        derived = queryset.filter(name__startswith=BEAT_ENTRY_PREFIX).count()
+        if derived:
+            messages.warning(
+                request,
+                f"Left {derived} scheduled task row(s) alone: pause, "
+                "resume or run them from Scheduled tasks.",
+            )
+        return queryset.exclude(name__startswith=BEAT_ENTRY_PREFIX)
+
+    def enable_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        super().enable_tasks(request, self._own_rows(request, queryset))
+
+    def disable_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        super().disable_tasks(request, self._own_rows(request, queryset))
+
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        super().toggle_tasks(request, self._own_rows(request, queryset))
+
+    def run_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        super().run_tasks(request, self._own_rows(request, queryset))

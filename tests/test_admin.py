@@ -121,3 +121,19 @@ def test_execution_pages_are_read_only(client: Any, operator: Any) -> None:
     page = client.get(f"/admin/tasks_app/taskexecution/{execution.pk}/change/")
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
     assert client.get("/admin/tasks_app/taskexecution/add/").status_code == 403
+
+
+def test_beat_rows_of_tasks_are_read_only_in_beats_admin(client: Any, operator: Any) -> None:
+    client.post(
+        ADD_URL, form(operator, type="recurring", cron="0 9 * * *", run_at_0="", run_at_1="")
+    )
+    task = ScheduledTask.objects.get()
+    url = f"/admin/django_celery_beat/periodictask/{task.periodic_task_id}/change/"
+    page = client.get(url).content.decode()
+    assert 'name="_save"' not in page
+    assert client.post(url.replace("change", "delete"), {"post": "yes"}).status_code == 403
+    client.post(
+        "/admin/django_celery_beat/periodictask/",
+        {"action": "disable_tasks", "_selected_action": [task.periodic_task_id]},
+    )
+    assert PeriodicTask.objects.get(pk=task.periodic_task_id).enabled is True

@@ -305,3 +305,14 @@ def test_upcoming_and_latest_agree_through_dst_changes(expression: str, start: d
         if previous is not None:
             assert cron.latest_at_or_before(fire - timedelta(seconds=1)) == previous
             assert cron.next_after(previous) == fire
+
+
+def test_expressions_that_would_not_fit_the_beat_tables_are_refused() -> None:
+    minutes = ",".join(str(i) for i in range(60))
+    with pytest.raises(CronError, match="its minute field is longer than 240"):
+        parse(f"{minutes},{minutes},{minutes} * * * *")
+    with pytest.raises(CronError, match="is longer than 120 characters"):
+        parse(f"{minutes} * * * *")
+    weekdays = ",".join(["1-7"] * 11)  # 43 characters that expand to 76
+    with pytest.raises(CronError, match="its day of week field is longer than 64"):
+        parse(f"0 9 * * {weekdays}")

@@ -35,7 +35,7 @@ from tests.http_receiver import Receiver, Reply
 
 pytestmark = pytest.mark.django_db
 
-HOST = socket.gethostname()
+HOST = executions.node()
 OCCURRENCE = datetime(2031, 1, 6, 9, 30, tzinfo=UTC)
 
 
@@ -352,6 +352,15 @@ def test_another_thread_of_this_process_keeps_its_claim(user: Any, conf: Any) ->
 
 def test_worker_identity_names_host_process_and_thread() -> None:
     assert executions.worker_identity() == f"{HOST}:{os.getpid()}:{threading.get_ident()}"
+
+
+def test_same_hostname_in_another_pid_namespace_is_not_judged_by_pid(
+    user: Any, conf: Any
+) -> None:
+    """Two containers may share a hostname; a PID from the other one means nothing here."""
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    claim(execution, 1, f"{socket.gethostname()}/0000dead:{dead_pid()}:1")
+    assert claim(execution, 1, "b:1") is None
 
 
 def test_live_holder_on_another_host_blocks(user: Any, conf: Any) -> None:

@@ -9,6 +9,8 @@ else is a duplicate and is dropped.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import socket
@@ -16,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
@@ -42,10 +45,23 @@ logger = logging.getLogger(__name__)
 WAITING = (ExecutionStatus.QUEUED, ExecutionStatus.RETRYING)
 
 
+@functools.cache
+def node() -> str:
+    """This machine as process IDs see it: the hostname plus a key from the boot id and
+    the PID namespace, so containers sharing a hostname never judge each other's PIDs."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    key = hashlib.sha256(f"{boot}/{namespace}".encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}/{key}"
+
+
 def worker_identity() -> str:
-    """host:pid:thread — the thread part tells apart runs inside one process (thread or
+    """node:pid:thread — the thread part tells apart runs inside one process (thread or
     greenlet pools, whose get_ident() is per greenlet once gevent patches threading)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return f"{node()}:{os.getpid()}:{threading.get_ident()}"
 
 
 def log_entry(message: str, level: str = "info") -> dict[str, str]:
@@ -111,7 +127,7 @@ def holder_is_dead(execution: TaskExecution, now: datetime) -> bool:
     if execution.lease_expires_at is not None and execution.lease_expires_at <= now:
         return True
     host, pid_text, thread_text = (execution.worker.split(":") + ["", ""])[:3]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != node() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
