@@ -117,7 +117,7 @@ def check_url(url: str, policy: EgressPolicy) -> None:
     except socket.gaierror as exc:
         raise RetryableError(f"could not resolve {host!r}: {exc}") from None
     for info in infos:
-        _check_address(host, info[4][0], policy)
+        _check_address(host, str(info[4][0]), policy)
 
 
 def _check_address(host: str, text: str, policy: EgressPolicy) -> None:

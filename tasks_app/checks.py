@@ -62,7 +62,8 @@ def check_executors(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 @register()
 def check_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    options: dict[str, Any] = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    visibility: int | None = options.get("visibility_timeout")
     lease = settings.SCHEDULER_TASK_TIME_LIMIT + settings.SCHEDULER_LEASE_GRACE
     if visibility is not None and lease >= visibility:
         return [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -21,7 +21,7 @@ def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
 
 
 def task_create(
-    *, owner: AbstractBaseUser, name: str, type: str, action: dict[str, Any], **fields: Any
+    *, owner: User, name: str, type: str, action: dict[str, Any], **fields: Any
 ) -> ScheduledTask:
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -74,8 +75,14 @@ class Outcome:
     retry_in: float | None = None
 
 
-def execution_for_occurrence(*, task_id: str, scheduled_for: datetime) -> TaskExecution | None:
+def execution_for_occurrence(
+    *, task_id: str | uuid.UUID | None, scheduled_for: datetime
+) -> TaskExecution | None:
     """The execution record of one scheduled occurrence, made once whoever asks first."""
+    try:
+        task_id = uuid.UUID(str(task_id))
+    except ValueError:
+        return None  # a beat row or message that names no task of ours
     task = ScheduledTask.objects.filter(pk=task_id).first()
     if task is None or task.status in {TaskStatus.COMPLETED, TaskStatus.FAILED}:
         return TaskExecution.objects.filter(
