@@ -73,6 +73,10 @@ def main() -> None:
     print(
         f"all completed after {done - started:.2f} s: {args.n / (done - started):.1f} executions/s"
     )
+    last_start = max(_ts(s) for _, s, _ in rows)
+    first_start = min(_ts(s) for _, s, _ in rows)
+    span = (last_start - first_start).total_seconds()
+    print(f"worker start rate (first to last start): {args.n / span:.1f} executions/s")
     print(
         f"claim->recorded per execution ms: p50 {q(runs, n=100)[49]:.1f}  "
         f"p99 {q(runs, n=100)[98]:.1f}"
