@@ -65,4 +65,5 @@ def egress_allow_loopback(settings: Any) -> None:
 
 @pytest.fixture
 def user(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")
+    """An owner without a password hash (hashing costs a quarter second per test)."""
+    return django_user_model.objects.create(username="alice")

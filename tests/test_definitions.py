@@ -33,12 +33,6 @@ pytestmark = pytest.mark.django_db
 WEBHOOK = {"type": "webhook", "url": "https://example.com/hook"}
 
 
-@pytest.fixture
-def user(django_user_model: Any) -> Any:
-    """An owner without a password hash (hashing costs a quarter second per test)."""
-    return django_user_model.objects.create(username="alice")
-
-
 def recurring(owner: Any, **fields: Any) -> ScheduledTask:
     fields.setdefault("cron", "*/5 * * * *")
     return task_create(owner=owner, name="every five", type="recurring", action=WEBHOOK, **fields)

@@ -21,12 +21,6 @@ SLOW = 0.5  # seconds a slow reply takes; every client timeout below is shorter
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def other_server() -> Iterator[Receiver]:
     with Receiver() as running:
         yield running
@@ -38,15 +32,6 @@ def other(other_server: Receiver) -> Receiver:
     other_server.requests.clear()
     other_server.replies.clear()
     return other_server
-
-
-@pytest.fixture
-def receiver(server: Receiver) -> Receiver:
-    """The conftest receiver, shared by this module's tests and emptied before each one
-    (stopping a Receiver takes up to half a second, which would dominate the run)."""
-    server.requests.clear()
-    server.replies.clear()
-    return server
 
 
 # --- check_url ----------------------------------------------------------------------

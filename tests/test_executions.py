@@ -40,12 +40,6 @@ OCCURRENCE = datetime(2031, 1, 6, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def user(django_user_model: Any) -> Any:
-    """An owner without a password hash (hashing costs a quarter second per test)."""
-    return django_user_model.objects.create(username="alice")
-
-
-@pytest.fixture
 def conf(settings: Any) -> Any:
     settings.SCHEDULER_TASK_TIME_LIMIT = 60
     settings.SCHEDULER_LEASE_GRACE = 5
@@ -354,9 +348,7 @@ def test_worker_identity_names_host_process_and_thread() -> None:
     assert executions.worker_identity() == f"{HOST}:{os.getpid()}:{threading.get_ident()}"
 
 
-def test_same_hostname_in_another_pid_namespace_is_not_judged_by_pid(
-    user: Any, conf: Any
-) -> None:
+def test_same_hostname_in_another_pid_namespace_is_not_judged_by_pid(user: Any, conf: Any) -> None:
     """Two containers may share a hostname; a PID from the other one means nothing here."""
     execution = queued(webhook_task(user, "https://example.com/x"))
     claim(execution, 1, f"{socket.gethostname()}/0000dead:{dead_pid()}:1")

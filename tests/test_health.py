@@ -1,4 +1,5 @@
 """GET /api/health answers 200 when the database and the broker answer, 503 otherwise."""
+
 from __future__ import annotations
 
 import socket

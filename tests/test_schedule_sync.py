@@ -36,12 +36,6 @@ pytestmark = pytest.mark.django_db
 WEBHOOK = {"type": "webhook", "url": "https://example.com/hook"}
 
 
-@pytest.fixture
-def user(django_user_model: Any) -> Any:
-    """An owner without a password hash (hashing costs a quarter second per test)."""
-    return django_user_model.objects.create(username="alice")
-
-
 def recurring(owner: Any, cron: str = "30 9 * * 1-5", tz: str = "UTC", **kw: Any) -> ScheduledTask:
     return task_create(
         owner=owner, name="rec", type="recurring", action=WEBHOOK, cron=cron, timezone=tz, **kw

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,21 +17,6 @@ KEY = "exec-7f3a:attempt-1"
 
 
 SLOW = 0.5  # seconds a slow reply takes; every client timeout below is shorter
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
-
-
-@pytest.fixture
-def receiver(server: Receiver) -> Receiver:
-    """The conftest receiver, shared by this module's tests and emptied before each one
-    (stopping a Receiver takes up to half a second, which would dominate the run)."""
-    server.requests.clear()
-    server.replies.clear()
-    return server
 
 
 @pytest.fixture
