@@ -824,3 +824,59 @@ def test_one_time_task_paused_during_its_run_still_finishes(user: Any, hook: Rec
     task.refresh_from_db()
     assert (task.status, task.next_run, task.periodic_task_id) == (TaskStatus.COMPLETED, None, None)
     assert PeriodicTask.objects.count() == 0
+
+
+def test_outputs_postgresql_cannot_store_are_made_storable(user: Any, hook: Receiver) -> None:
+    """A response with NaN, NUL and a lone surrogate must not make the record unsavable
+    (that would leave the execution running, and re-run the side effect)."""
+    hook.reply(
+        "/odd",
+        Reply(
+            body=b'{"value": NaN, "big": Infinity, "text": "a\\u0000b", "bad": "\\ud800"}',
+            headers={"Content-Type": "application/json"},
+        ),
+    )
+    task = webhook_task(user, f"{hook.url}/odd")
+    execution = executions.execution_claim(
+        execution_id=str(queued(task).pk), attempt=1, worker="a:1"
+    )
+    assert executions.execution_run(execution=execution).status == ExecutionStatus.COMPLETED
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.COMPLETED
+    assert stored.result["body"] == {
+        "value": "NaN",
+        "big": "Infinity",
+        "text": "a\ufffdb",
+        "bad": "?",
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outcome_is_recorded_after_the_database_drops_the_connection(
+    user: Any, hook: Receiver
+) -> None:
+    """The database connection dies between the action and its record (a PostgreSQL
+    restart): the outcome is still written once the database answers again."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("terminates a PostgreSQL backend")
+    import psycopg
+
+    task = webhook_task(user, f"{hook.url}/ok")
+    execution = executions.execution_claim(
+        execution_id=str(queued(task).pk), attempt=1, worker="a:1"
+    )
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        dbname="postgres",
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (connection.connection.info.backend_pid,))
+    outcome = executions.execution_run(execution=execution)
+    assert outcome.status == ExecutionStatus.COMPLETED
+    assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.COMPLETED
+    assert len(hook.received("/ok")) == 1

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -40,6 +40,7 @@ from ..models import (
     TaskType,
 )
 from ..specs import RetryPolicy
+from ..storable import storable, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def worker_identity() -> str:
 
 
 def log_entry(message: str, level: str = "info") -> dict[str, str]:
-    return {"at": timezone.now().isoformat(), "level": level, "message": message}
+    return {"at": timezone.now().isoformat(), "level": level, "message": storable_text(message)}
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,29 @@ def _after_failure(
     )
 
 
-def execution_finish(
+RECORD_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
+
+
+def execution_finish(**outcome: Any) -> Outcome:
+    """Record the outcome of an attempt whose side effect has happened. The database may be
+    restarting: keep trying for about a minute rather than leave the execution running
+    (which would make the recovery job run the action again)."""
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            return _write_outcome(**outcome)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning(
+                "recording execution %s failed (%s); retrying in %ss",
+                outcome["execution"].pk,
+                exc,
+                delay,
+            )
+            close_old_connections()
+            time.sleep(delay)
+    return _write_outcome(**outcome)
+
+
+def _write_outcome(
     *,
     execution: TaskExecution,
     status: str,
@@ -317,8 +340,8 @@ def _finish(
 ) -> None:
     """Write a terminal or retrying state; terminal states update the task's counters."""
     execution.status = status
-    execution.result = result
-    execution.error = error
+    execution.result = storable(result)
+    execution.error = storable_text(error)
     execution.lease_expires_at = None
     if status != ExecutionStatus.RETRYING:
         execution.completed_at = now

@@ -1,0 +1,34 @@
+"""Make what actions return storable on every database: JSON that PostgreSQL's jsonb and
+text columns accept (no NaN or Infinity, no NUL characters, no lone surrogates), bounded
+in depth. An action's output is data from the outside world; storing it must not fail
+after the side effect has happened."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MAX_DEPTH = 64
+
+
+def storable_text(value: str) -> str:
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def storable(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        return "(nested too deep to store)"
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item, depth + 1) for item in value]
+    return storable_text(str(value))
