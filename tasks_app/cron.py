@@ -17,8 +17,13 @@ from cronsim import CronSim, CronSimError
 
 FIELD_NAMES = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 # Column sizes of django-celery-beat's CrontabSchedule and of ScheduledTask.cron.
-FIELD_MAX_LENGTHS = {"minute": 240, "hour": 96, "day_of_month": 124, "month_of_year": 64,
-                     "day_of_week": 64}
+FIELD_MAX_LENGTHS = {
+    "minute": 240,
+    "hour": 96,
+    "day_of_month": 124,
+    "month_of_year": 64,
+    "day_of_week": 64,
+}
 MAX_EXPRESSION_LENGTH = 120
 _HORIZON = timedelta(days=366 * 5)
 
@@ -124,8 +129,10 @@ def parse(expression: str, timezone: str = "UTC") -> Cron:
     normalized = " ".join(fields)
     for name, value in zip(FIELD_NAMES, fields, strict=True):
         if len(value) > FIELD_MAX_LENGTHS[name]:
-            raise CronError(f"its {name.replace('_', ' ')} field is longer than "
-                            f"{FIELD_MAX_LENGTHS[name]} characters")
+            raise CronError(
+                f"its {name.replace('_', ' ')} field is longer than "
+                f"{FIELD_MAX_LENGTHS[name]} characters"
+            )
     if len(normalized) > MAX_EXPRESSION_LENGTH:
         raise CronError(f"is longer than {MAX_EXPRESSION_LENGTH} characters")
     validate_timezone(timezone)

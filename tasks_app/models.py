@@ -62,8 +62,17 @@ class ExecutionTrigger(models.TextChoices):
 
 # The fields a user edits, in form order; saving any of them (or status/owner) validates.
 EDITABLE_FIELDS = (
-    "name", "description", "type", "cron", "timezone", "run_at", "trigger", "action",
-    "conditions", "retry_policy", "notification",
+    "name",
+    "description",
+    "type",
+    "cron",
+    "timezone",
+    "run_at",
+    "trigger",
+    "action",
+    "conditions",
+    "retry_policy",
+    "notification",
 )
 DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "owner"})
 # Written by the runtime with conditional updates, never by a full save of a stale object.
@@ -185,7 +194,8 @@ class ScheduledTask(models.Model):
         update_fields = kwargs.get("update_fields")
         if update_fields is None and not self._state.adding:
             kwargs["update_fields"] = update_fields = [
-                f.name for f in self._meta.concrete_fields
+                f.name
+                for f in self._meta.concrete_fields
                 if not f.primary_key and f.name not in RUNTIME_FIELDS
             ]
         if update_fields is None or DEFINITION_FIELDS & set(update_fields):

@@ -2,6 +2,7 @@
 text columns accept (no NaN or Infinity, no NUL characters, no lone surrogates), bounded
 in depth. An action's output is data from the outside world; storing it must not fail
 after the side effect has happened."""
+
 from __future__ import annotations
 
 import math

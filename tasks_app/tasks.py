@@ -6,14 +6,33 @@ from datetime import datetime
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
 
 from .conf import RECOVER_TASK_NAME, RUN_TASK_NAME
 from .models import ExecutionStatus
 from .services import executions, recovery
 
 
+class RunTask(Task):
+    """Celery calls on_failure in the worker's main process when it kills a task at its
+    hard time limit; record that, so the attempt is not mistaken for a lost worker."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and kwargs.get("execution_id"):
+            executions.execution_killed_by_time_limit(
+                execution_id=kwargs["execution_id"],
+                attempt=kwargs.get("attempt", 1),
+                limit=float(exc.args[0]) if exc.args else float(self.app.conf.task_time_limit),
+            )
+
+
 @shared_task(
-    bind=True, name=RUN_TASK_NAME, acks_late=True, reject_on_worker_lost=True, max_retries=None
+    bind=True,
+    base=RunTask,
+    name=RUN_TASK_NAME,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
 )
 def run_task(
     self: Task,

@@ -880,3 +880,22 @@ def test_outcome_is_recorded_after_the_database_drops_the_connection(
     assert outcome.status == ExecutionStatus.COMPLETED
     assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.COMPLETED
     assert len(hook.received("/ok")) == 1
+
+
+def test_hard_time_limit_kill_fails_the_attempt_instead_of_rerunning_it(user: Any) -> None:
+    """Celery calls the task's on_failure in the worker's main process when it kills an
+    attempt at the hard limit; the attempt then ends failed (not 'lost', not re-run)."""
+    from celery.exceptions import TimeLimitExceeded
+
+    task = webhook_task(user, "https://example.com/x")
+    execution = claim(queued(task), 1, "a:1")
+    kwargs = {"execution_id": str(execution.pk), "attempt": 1}
+    run_task.on_failure(TimeLimitExceeded(20.0), "celery-id", (), kwargs, None)
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.FAILED
+    assert stored.error == "the action exceeded the hard time limit of 20s and was killed"
+    assert stored.lease_expires_at is None and stored.completed_at is not None
+    assert ScheduledTask.objects.get(pk=task.pk).run_count == 1
+    # A later report for the same attempt changes nothing.
+    run_task.on_failure(TimeLimitExceeded(20.0), "celery-id", (), kwargs, None)
+    assert TaskExecution.objects.get(pk=execution.pk).logs == stored.logs

@@ -18,9 +18,7 @@ def execution_publish(*, execution: TaskExecution, attempt: int) -> None:
     kwargs = {"execution_id": str(execution.pk), "attempt": attempt}
     # robust: a broker that is down must not fail the committed request; the execution
     # stays queued and the recovery job publishes it later.
-    transaction.on_commit(
-        lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs), robust=True
-    )
+    transaction.on_commit(lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs), robust=True)
 
 
 def task_run_now(

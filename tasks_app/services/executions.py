@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -249,7 +250,10 @@ def _after_failure(
     logs: list[dict[str, str]],
     started: float,
 ) -> Outcome:
-    message = str(exc) or type(exc).__name__
+    if isinstance(exc, SoftTimeLimitExceeded):
+        message = "the action ran past its time limit and was interrupted"
+    else:
+        message = str(exc) or type(exc).__name__
     logs.append(log_entry(f"attempt {execution.attempt} failed: {message}", "error"))
     policy = RetryPolicy.model_validate(execution.task.retry_policy or {})
     if retryable and execution.attempt <= policy.maxRetries:
@@ -275,6 +279,23 @@ def _after_failure(
         logs=logs,
         started=started,
     )
+
+
+def execution_killed_by_time_limit(*, execution_id: str, attempt: int, limit: float) -> None:
+    """The worker killed this attempt at its hard time limit (it ignored the soft one):
+    it fails here and now, instead of looking like a lost worker and running again."""
+    with transaction.atomic():
+        current = (
+            TaskExecution.objects.select_for_update()
+            .select_related("task")
+            .filter(pk=execution_id, status=ExecutionStatus.RUNNING, attempt=attempt)
+            .first()
+        )
+        if current is None:
+            return
+        message = f"the action exceeded the hard time limit of {limit:g}s and was killed"
+        current.logs.append(log_entry(f"attempt {attempt} failed: {message}", "error"))
+        _finish(current, status=ExecutionStatus.FAILED, now=timezone.now(), error=message)
 
 
 RECORD_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
