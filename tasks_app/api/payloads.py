@@ -1,0 +1,164 @@
+"""The guide's task JSON, both ways: camelCase in and out, errors keyed by field path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+
+from .. import cron as cronlib
+from ..models import ScheduledTask, TaskExecution, TaskType
+
+FIELD_NAMES = {
+    "name": "name",
+    "description": "description",
+    "type": "type",
+    "trigger": "trigger",
+    "action": "action",
+    "conditions": "conditions",
+    "retryPolicy": "retry_policy",
+    "notification": "notification",
+}
+READ_ONLY = {"id", "status", "lastRun", "nextRun", "runCount", "createdAt", "updatedAt"}
+SCHEDULE_KEYS = {"cron", "timezone", "at"}
+
+
+class PayloadError(Exception):
+    def __init__(self, errors: dict[str, list[str]], status: int = 400) -> None:
+        self.errors = errors
+        self.status = status
+        super().__init__(errors)
+
+
+def _iso(value: datetime | None) -> str | None:
+    """Times go out in UTC, with their offset."""
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def task_to_json(task: ScheduledTask) -> dict[str, Any]:
+    schedule: dict[str, Any] | None = None
+    if task.type == TaskType.RECURRING:
+        schedule = {"cron": task.cron, "timezone": task.timezone}
+    elif task.type == TaskType.ONE_TIME:
+        schedule = {"at": _iso(task.run_at), "timezone": task.timezone}
+    return {
+        "id": str(task.pk),
+        "userId": task.owner.get_username(),
+        "name": task.name,
+        "description": task.description,
+        "type": task.type,
+        "schedule": schedule,
+        "trigger": task.trigger,
+        "action": task.action,
+        "conditions": task.conditions,
+        "retryPolicy": task.retry_policy,
+        "notification": task.notification,
+        "status": task.status,
+        "lastRun": _iso(task.last_run),
+        "nextRun": _iso(task.next_run),
+        "runCount": task.run_count,
+        "createdAt": _iso(task.created_at),
+        "updatedAt": _iso(task.updated_at),
+    }
+
+
+def execution_to_json(execution: TaskExecution, *, logs: bool = True) -> dict[str, Any]:
+    data = {
+        "id": str(execution.pk),
+        "taskId": str(execution.task_id),
+        "status": execution.status,
+        "trigger": execution.trigger,
+        "scheduledFor": _iso(execution.scheduled_for),
+        "startedAt": _iso(execution.started_at),
+        "completedAt": _iso(execution.completed_at),
+        "durationMs": execution.duration_ms,
+        "attempt": execution.attempt,
+        "result": execution.result,
+        "error": execution.error or None,
+    }
+    if logs:
+        data["logs"] = execution.logs
+    return data
+
+
+def parse_owner(data: Any, caller: User) -> User:
+    """``userId`` names the owner: yourself, or anyone when you are staff."""
+    name = data.get("userId") if isinstance(data, dict) else None
+    if name is None or name == caller.get_username():
+        return caller
+    if not isinstance(name, str):
+        raise PayloadError({"userId": ["must be a user name"]})
+    if not caller.is_staff:
+        raise PayloadError({"userId": ["only staff may act for another user"]}, status=403)
+    owner = get_user_model().objects.filter(username=name).first()
+    if owner is None:
+        raise PayloadError({"userId": [f"no user named {name!r}"]})
+    return owner
+
+
+def parse_task(data: Any, *, task: ScheduledTask | None = None) -> dict[str, Any]:
+    """Model field values from a request body (for an update, only what it names)."""
+    if not isinstance(data, dict):
+        raise PayloadError({"(body)": ["must be a JSON object"]})
+    errors: dict[str, list[str]] = {}
+    for key in set(data) - set(FIELD_NAMES) - READ_ONLY - {"schedule", "userId"}:
+        errors[str(key)] = ["unknown field"]
+    fields = {FIELD_NAMES[key]: value for key, value in data.items() if key in FIELD_NAMES}
+    task_type = fields.get("type", task.type if task else None)
+    schedule = data.get("schedule")
+    if "schedule" in data:
+        fields.update(parse_schedule(schedule, task, errors))
+    # Parts that belong to another type of task are cleared when the type changes.
+    given = schedule if isinstance(schedule, dict) else {}
+    if task_type != TaskType.RECURRING and "cron" not in given:
+        fields["cron"] = ""
+    if task_type != TaskType.ONE_TIME and "at" not in given:
+        fields["run_at"] = None
+    if task_type != TaskType.TRIGGER and "trigger" not in data:
+        fields["trigger"] = None
+    if errors:
+        raise PayloadError(errors)
+    return fields
+
+
+def parse_schedule(
+    schedule: Any, task: ScheduledTask | None, errors: dict[str, list[str]]
+) -> dict[str, Any]:
+    if schedule is None:
+        return {}
+    if not isinstance(schedule, dict):
+        errors["schedule"] = ["must be an object"]
+        return {}
+    for key in set(schedule) - SCHEDULE_KEYS:
+        errors[f"schedule.{key}"] = ["unknown field"]
+    fields: dict[str, Any] = {}
+    if "cron" in schedule:
+        fields["cron"] = schedule["cron"] if isinstance(schedule["cron"], str) else None
+        if fields["cron"] is None:
+            errors["schedule.cron"] = ["must be a string of 5 fields, such as '0 9 * * 1-5'"]
+    zone = schedule.get("timezone", task.timezone if task else "UTC")
+    if "timezone" in schedule:
+        fields["timezone"] = zone
+    if "at" in schedule:
+        fields["run_at"] = _parse_at(schedule["at"], zone, errors)
+    return fields
+
+
+def _parse_at(value: Any, zone: Any, errors: dict[str, list[str]]) -> datetime | None:
+    if not isinstance(value, str):
+        errors["schedule.at"] = ["must be an ISO 8601 date and time"]
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        errors["schedule.at"] = [f"{value!r} is not an ISO 8601 date and time"]
+        return None
+    if moment.tzinfo is None:
+        try:
+            moment = moment.replace(tzinfo=ZoneInfo(cronlib.validate_timezone(zone)))
+        except cronlib.CronError:
+            return None  # schedule.timezone reports the problem
+    return moment

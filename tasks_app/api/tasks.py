@@ -1,0 +1,140 @@
+"""/api/tasks: the guide's task endpoints."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+from rest_framework import viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from .. import selectors
+from ..models import ScheduledTask, TaskStatus, TaskType, TaskWebhook, TriggerType
+from ..services import definitions, dispatch
+from .common import caller, int_param, path_errors
+from .payloads import PayloadError, execution_to_json, parse_owner, parse_task, task_to_json
+
+
+class TaskPagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+class TaskViewSet(viewsets.ViewSet):
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def _task(self, request: Request, pk: str) -> ScheduledTask:
+        return get_object_or_404(selectors.tasks_visible_to(caller(request)), pk=pk)
+
+    def _listed(self, request: Request) -> QuerySet[ScheduledTask]:
+        tasks = selectors.tasks_visible_to(caller(request))
+        user_id = request.query_params.get("userId")
+        if user_id and user_id != caller(request).get_username():
+            if not caller(request).is_staff:
+                raise PayloadError({"userId": ["only staff may list another user's tasks"]}, 403)
+            tasks = tasks.filter(owner__username=user_id)
+        else:
+            tasks = tasks.filter(owner=caller(request))
+        for param, values in (("status", TaskStatus.values), ("type", TaskType.values)):
+            value = request.query_params.get(param)
+            if value is not None:
+                if value not in values:
+                    raise PayloadError({param: [f"must be one of {', '.join(values)}"]})
+                tasks = tasks.filter(**{param: value})
+        return tasks.order_by("-created_at", "pk")
+
+    @path_errors
+    def list(self, request: Request) -> Response:
+        paginator = TaskPagination()
+        page = paginator.paginate_queryset(self._listed(request), request, view=self)
+        return paginator.get_paginated_response([task_to_json(t) for t in page or []])
+
+    @path_errors
+    def create(self, request: Request) -> Response:
+        owner = parse_owner(request.data, caller(request))
+        fields = parse_task(request.data)
+        missing = [k for k in ("name", "type", "action") if k not in fields]
+        if missing:
+            raise PayloadError({key: ["is required"] for key in missing})
+        task = definitions.task_create(owner=owner, **fields)
+        return Response(task_to_json(task), status=201)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(task_to_json(self._task(request, pk)))
+
+    @path_errors
+    def update(self, request: Request, pk: str, partial: bool = True) -> Response:
+        task = self._task(request, pk)
+        if "userId" in request.data and parse_owner(request.data, caller(request)) != task.owner:
+            raise PayloadError({"userId": ["the owner of a task cannot be changed"]})
+        task = definitions.task_update(task=task, **parse_task(request.data, task=task))
+        return Response(task_to_json(task))
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        return self.update(request, pk)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        definitions.task_delete(task=self._task(request, pk))
+        return Response(status=204)
+
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str) -> Response:
+        return Response(task_to_json(definitions.task_pause(task=self._task(request, pk))))
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        return Response(task_to_json(definitions.task_resume(task=self._task(request, pk))))
+
+    @action(detail=True, methods=["post"])
+    def run(self, request: Request, pk: str) -> Response:
+        execution = dispatch.task_run_now(task=self._task(request, pk))
+        return Response(execution_to_json(execution), status=202)
+
+    @action(detail=True, methods=["get"])
+    @path_errors
+    def executions(self, request: Request, pk: str) -> Response:
+        limit = int_param(request, "limit", 50, 1, 500)
+        task = self._task(request, pk)
+        rows = task.executions.defer("logs").order_by("-queued_at")[:limit]
+        return Response([execution_to_json(e, logs=False) for e in rows])
+
+    @action(detail=False, methods=["get"])
+    @path_errors
+    def upcoming(self, request: Request) -> Response:
+        limit = int_param(request, "limit", 10, 1, 500)
+        return Response(
+            [
+                {
+                    "taskId": str(t.pk),
+                    "name": t.name,
+                    "type": t.type,
+                    "nextRun": t.next_run.isoformat(),
+                }
+                for t in selectors.upcoming_runs(caller(request), limit=limit)
+                if t.next_run
+            ]
+        )
+
+    @action(detail=True, methods=["get"])
+    @path_errors
+    def preview(self, request: Request, pk: str) -> Response:
+        count = int_param(request, "count", 10, 1, 500)
+        return Response(selectors.task_preview(self._task(request, pk), count=count))
+
+    @action(detail=True, methods=["post"])
+    @path_errors
+    def webhook(self, request: Request, pk: str) -> Response:
+        task = self._task(request, pk)
+        if task.type != TaskType.TRIGGER or (task.trigger or {}).get("type") != TriggerType.WEBHOOK:
+            raise PayloadError({"trigger.type": ["only webhook-triggered tasks have webhook URLs"]})
+        hook = TaskWebhook.objects.create(
+            task=task, webhook_id=secrets.token_urlsafe(18), secret=secrets.token_urlsafe(32)
+        )
+        url = request.build_absolute_uri(f"/api/webhooks/{hook.webhook_id}")
+        return Response(
+            {"webhookId": hook.webhook_id, "webhookUrl": url, "secret": hook.secret}, status=201
+        )

@@ -1,0 +1,251 @@
+"""The task API: the guide's requests with a token, per-user isolation, path-keyed errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tasks_app.models import ScheduledTask, TaskExecution
+
+pytestmark = pytest.mark.django_db
+
+WEBHOOK_ACTION = {
+    "type": "webhook",
+    "url": "https://api.example.com/notify",
+    "method": "POST",
+    "headers": {"Authorization": "Bearer token"},
+    "body": {"message": "Task completed"},
+}
+DAILY_REPORT = {
+    "userId": "user-123",
+    "name": "Daily Report",
+    "description": "Generate daily analytics report",
+    "type": "recurring",
+    "schedule": {"cron": "0 9 * * *", "timezone": "America/New_York"},
+    "action": WEBHOOK_ACTION,
+    "retryPolicy": {"maxRetries": 3, "backoffMs": 60000},
+    "notification": {"onSuccess": False, "onFailure": True, "channels": ["email"]},
+}
+
+
+def client_for(django_user_model: Any, username: str, **extra: Any) -> APIClient:
+    user = django_user_model.objects.create(username=username, **extra)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def api(django_user_model: Any) -> APIClient:
+    return client_for(django_user_model, "user-123")
+
+
+@pytest.fixture
+def other(django_user_model: Any) -> APIClient:
+    return client_for(django_user_model, "mallory")
+
+
+def test_requests_need_a_token() -> None:
+    assert APIClient().get("/api/tasks").status_code in (401, 403)
+
+
+def test_guide_api_reference_round_trip(
+    api: APIClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    created = api.post("/api/tasks", DAILY_REPORT, format="json")
+    assert created.status_code == 201, created.json()
+    task = created.json()
+    assert task["userId"] == "user-123" and task["type"] == "recurring"
+    assert task["schedule"] == {"cron": "0 9 * * *", "timezone": "America/New_York"}
+    assert task["retryPolicy"] == {"maxRetries": 3, "backoffMs": 60000}
+    assert task["status"] == "active" and task["runCount"] == 0 and task["lastRun"] is None
+    assert task["nextRun"].endswith("+00:00")
+    task_id = task["id"]
+
+    listed = api.get("/api/tasks?userId=user-123&status=active&type=recurring").json()
+    assert [t["id"] for t in listed["results"]] == [task_id]
+    assert api.get(f"/api/tasks/{task_id}").json()["name"] == "Daily Report"
+
+    updated = api.put(
+        f"/api/tasks/{task_id}",
+        {"name": "Updated Name", "schedule": {"cron": "0 10 * * *"}},
+        format="json",
+    )
+    assert updated.status_code == 200, updated.json()
+    body = updated.json()
+    assert body["name"] == "Updated Name"
+    assert body["schedule"] == {"cron": "0 10 * * *", "timezone": "America/New_York"}
+    assert body["action"] == WEBHOOK_ACTION and body["description"] == DAILY_REPORT["description"]
+
+    assert api.post(f"/api/tasks/{task_id}/pause").json()["status"] == "paused"
+    assert PeriodicTask.objects.get(scheduled_task__id=task_id).enabled is False
+    assert api.post(f"/api/tasks/{task_id}/resume").json()["status"] == "active"
+
+    with django_capture_on_commit_callbacks() as published:
+        run = api.post(f"/api/tasks/{task_id}/run")
+    assert run.status_code == 202 and len(published) == 1
+    execution = run.json()
+    assert (execution["taskId"], execution["status"], execution["trigger"]) == (
+        task_id,
+        "queued",
+        "manual",
+    )
+
+    history = api.get(f"/api/tasks/{task_id}/executions?limit=50").json()
+    assert [e["id"] for e in history] == [execution["id"]]
+    detail = api.get(f"/api/executions/{execution['id']}").json()
+    assert detail["logs"] == [] and detail["attempt"] == 0
+
+    upcoming = api.get("/api/tasks/upcoming?userId=user-123&limit=10").json()
+    assert [u["taskId"] for u in upcoming] == [task_id]
+
+    assert api.delete(f"/api/tasks/{task_id}").status_code == 204
+    assert api.get(f"/api/tasks/{task_id}").status_code == 404
+    assert not PeriodicTask.objects.filter(name__endswith=task_id).exists()
+
+
+def test_guide_example_three_webhook_trigger_and_url(api: APIClient) -> None:
+    created = api.post(
+        "/api/tasks",
+        {
+            "userId": "user-123",
+            "name": "Process Order",
+            "type": "trigger",
+            "trigger": {"type": "webhook", "config": {}},
+            "action": {"type": "webhook", "url": "https://orders.example.com/confirm"},
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    assert created.json()["schedule"] is None
+    hook = api.post(f"/api/tasks/{created.json()['id']}/webhook")
+    assert hook.status_code == 201
+    body = hook.json()
+    assert body["webhookUrl"] == f"http://testserver/api/webhooks/{body['webhookId']}"
+    assert len(body["secret"]) >= 32
+
+
+def test_one_time_naive_at_is_read_in_the_schedule_timezone(api: APIClient) -> None:
+    tokyo = ZoneInfo("Asia/Tokyo")
+    local = (
+        (timezone.now() + timedelta(days=2)).astimezone(tokyo).replace(tzinfo=None, microsecond=0)
+    )
+    created = api.post(
+        "/api/tasks",
+        {
+            "name": "once",
+            "type": "one-time",
+            "schedule": {"at": local.isoformat(), "timezone": "Asia/Tokyo"},
+            "action": {"type": "webhook", "url": "https://example.com/x"},
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    stored = ScheduledTask.objects.get()
+    assert stored.run_at.astimezone(tokyo).replace(tzinfo=None) == local
+    assert created.json()["schedule"]["at"] == stored.run_at.isoformat()  # UTC, with offset
+    assert created.json()["schedule"]["at"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({**DAILY_REPORT, "schedule": {"cron": "0 0 30 2 *"}}, "schedule.cron"),
+        ({**DAILY_REPORT, "schedule": {"cron": "0 9 * *"}}, "schedule.cron"),
+        (
+            {**DAILY_REPORT, "schedule": {"cron": "0 9 * * *", "timezone": "Mars/Base"}},
+            "schedule.timezone",
+        ),
+        ({**DAILY_REPORT, "schedule": {"cron": "0 9 * * *", "every": 1}}, "schedule.every"),
+        ({**DAILY_REPORT, "action": {"type": "webhook", "url": "ftp://x"}}, "action.url"),
+        ({**DAILY_REPORT, "action": {"type": "teleport"}}, "action.type"),
+        ({**DAILY_REPORT, "retryPolicy": {"maxRetries": -1}}, "retryPolicy.maxRetries"),
+        ({**DAILY_REPORT, "notification": {"channels": ["pigeon"]}}, "notification.channels[0]"),
+        ({**DAILY_REPORT, "colour": "blue"}, "colour"),
+        ({**DAILY_REPORT, "type": "one-time", "schedule": {"at": "yesterday"}}, "schedule.at"),
+        (
+            {**DAILY_REPORT, "type": "one-time", "schedule": {"at": "2020-01-01T00:00:00Z"}},
+            "schedule.at",
+        ),
+        ({k: v for k, v in DAILY_REPORT.items() if k != "name"}, "name"),
+    ],
+)
+def test_wrong_input_is_a_400_naming_the_field_and_stores_nothing(
+    api: APIClient, body: dict[str, Any], path: str
+) -> None:
+    response = api.post("/api/tasks", body, format="json")
+    assert response.status_code == 400, response.json()
+    assert path in response.json(), response.json()
+    assert not ScheduledTask.objects.exists() and not PeriodicTask.objects.exists()
+
+
+def test_another_users_task_is_a_404_everywhere(api: APIClient, other: APIClient) -> None:
+    task_id = api.post("/api/tasks", DAILY_REPORT, format="json").json()["id"]
+    for method, url in [
+        ("get", ""),
+        ("put", ""),
+        ("patch", ""),
+        ("delete", ""),
+        ("post", "/pause"),
+        ("post", "/resume"),
+        ("post", "/run"),
+        ("get", "/executions"),
+        ("get", "/preview"),
+        ("post", "/webhook"),
+    ]:
+        response = getattr(other, method)(f"/api/tasks/{task_id}{url}", {}, format="json")
+        assert response.status_code == 404, (method, url, response.status_code)
+    assert other.get("/api/tasks").json()["results"] == []
+    assert other.post("/api/tasks", DAILY_REPORT, format="json").status_code == 403
+    assert ScheduledTask.objects.get().status == "active"
+    execution = TaskExecution.objects.create(task=ScheduledTask.objects.get(), trigger="manual")
+    assert other.get(f"/api/executions/{execution.pk}").status_code == 404
+
+
+def test_schedule_preview_describes_and_lists_runs(api: APIClient) -> None:
+    response = api.post(
+        "/api/schedules/preview",
+        {
+            "schedule": {"cron": "0 9 * * 1-5", "timezone": "America/New_York"},
+            "count": 3,
+            "from": "2026-11-27T00:00:00Z",
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    assert response.json() == {
+        "description": "At 09:00 AM, Monday through Friday (America/New_York)",
+        "runs": [
+            "2026-11-27T09:00:00-05:00",
+            "2026-11-30T09:00:00-05:00",
+            "2026-12-01T09:00:00-05:00",
+        ],
+    }
+    bad = api.post("/api/schedules/preview", {"schedule": {"cron": "0 0 30 2 *"}}, format="json")
+    assert bad.status_code == 400 and "schedule.cron" in bad.json()
+
+
+def test_task_preview_lists_the_next_runs(api: APIClient) -> None:
+    task_id = api.post("/api/tasks", DAILY_REPORT, format="json").json()["id"]
+    preview = api.get(f"/api/tasks/{task_id}/preview?count=5").json()
+    assert len(preview["runs"]) == 5 and all(
+        r.endswith(("-05:00", "-04:00")) for r in preview["runs"]
+    )
+    assert api.get(f"/api/tasks/{task_id}/preview?count=x").status_code == 400
+
+
+def test_openapi_schema_and_docs_page(api: APIClient) -> None:
+    schema = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for path in ("/api/tasks", "/api/tasks/{id}", "/api/tasks/{id}/run",
+                 "/api/executions/{id}", "/api/schedules/preview", "/api/health"):
+        assert any(p.rstrip("/") == path for p in paths), (path, sorted(paths))
+    assert api.get("/api/docs/").status_code == 200
