@@ -135,7 +135,16 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["tasks_app.api.parsers.SafeJSONParser"],
+    "EXCEPTION_HANDLER": "tasks_app.api.common.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        "task-write": os.environ.get("SCHEDULER_THROTTLE_WRITES", "120/min"),
+        "task-run": os.environ.get("SCHEDULER_THROTTLE_RUNS", "120/min"),
+        "preview": os.environ.get("SCHEDULER_THROTTLE_PREVIEWS", "300/min"),
+    },
 }
+# Request bodies above this are answered 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("SCHEDULER_MAX_BODY_BYTES", 1024 * 1024)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Scheduled Tasks & Automation API",
     "VERSION": "0.1.0",

@@ -33,3 +33,35 @@ def storable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return [storable(item, depth + 1) for item in value]
     return storable_text(str(value))
+
+
+def unstorable(value: Any, path: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """The first place in request JSON that a database could not store, and why."""
+    if depth > MAX_DEPTH:
+        return path or "(body)", f"is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(body)", "must be a finite number"
+    if isinstance(value, str):
+        return _bad_text(value, path)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = _bad_text(str(key), where) or unstorable(item, where, depth + 1)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unstorable(item, f"{path}[{index}]", depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _bad_text(value: str, path: str) -> tuple[str, str] | None:
+    if "\x00" in value:
+        return path or "(body)", "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return path or "(body)", "must not contain unpaired surrogates"
+    return None

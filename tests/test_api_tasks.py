@@ -245,7 +245,104 @@ def test_openapi_schema_and_docs_page(api: APIClient) -> None:
     schema = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    for path in ("/api/tasks", "/api/tasks/{id}", "/api/tasks/{id}/run",
-                 "/api/executions/{id}", "/api/schedules/preview", "/api/health"):
+    for path in (
+        "/api/tasks",
+        "/api/tasks/{id}",
+        "/api/tasks/{id}/run",
+        "/api/executions/{id}",
+        "/api/schedules/preview",
+        "/api/health",
+    ):
         assert any(p.rstrip("/") == path for p in paths), (path, sorted(paths))
     assert api.get("/api/docs/").status_code == 200
+
+
+def test_bulk_pause_resume_delete_only_touch_my_tasks(api: APIClient, other: APIClient) -> None:
+    mine = [
+        api.post("/api/tasks", {**DAILY_REPORT, "name": f"t{i}"}, format="json").json()["id"]
+        for i in range(3)
+    ]
+    theirs = other.post("/api/tasks", {**DAILY_REPORT, "userId": "mallory"}, format="json").json()[
+        "id"
+    ]
+    paused = api.post("/api/tasks/bulk", {"action": "pause", "ids": [*mine, theirs]}, format="json")
+    assert paused.json() == {"count": 3}
+    assert ScheduledTask.objects.get(pk=theirs).status == "active"
+    assert other.post(
+        "/api/tasks/bulk", {"action": "delete", "ids": mine}, format="json"
+    ).json() == {"count": 0}
+    assert api.post("/api/tasks/bulk", {"action": "resume", "ids": mine}, format="json").json() == {
+        "count": 3
+    }
+    bad = api.post("/api/tasks/bulk", {"action": "explode", "ids": ["x"]}, format="json")
+    assert bad.status_code == 400 and {"action", "ids[0]"} <= set(bad.json())
+    assert api.post("/api/tasks/bulk", {"action": "delete", "ids": mine}, format="json").json() == {
+        "count": 3
+    }
+    assert list(ScheduledTask.objects.values_list("pk", flat=True)) == [
+        __import__("uuid").UUID(theirs)
+    ]
+
+
+def test_stats_count_my_tasks_and_last_day(api: APIClient, other: APIClient) -> None:
+    ids = [api.post("/api/tasks", DAILY_REPORT, format="json").json()["id"] for _ in range(2)]
+    other.post("/api/tasks", {**DAILY_REPORT, "userId": "mallory"}, format="json")
+    api.post(f"/api/tasks/{ids[0]}/pause")
+    task = ScheduledTask.objects.get(pk=ids[1])
+    TaskExecution.objects.create(task=task, trigger="manual", status="completed")
+    TaskExecution.objects.create(task=task, trigger="manual", status="failed")
+    TaskExecution.objects.create(task=task, trigger="manual", status="completed")
+    stats = api.get("/api/stats").json()
+    assert (
+        stats["activeTasks"],
+        stats["pausedTasks"],
+        stats["completedTasks"],
+        stats["failedTasks"],
+    ) == (1, 1, 0, 0)
+    assert stats["executionsLast24h"]["completed"] == 2
+    assert stats["executionsLast24h"]["failed"] == 1
+    assert stats["successRateLast24h"] == round(2 / 3, 4)
+    assert "dueSoon" in stats
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ('{"name": NaN}', None),
+        ('{"name": "a\\u0000b", "type": "recurring"}', "name"),
+        ('{"name": "x", "description": "\\ud800"}', "description"),
+        ("[" * 50000 + "]" * 50000, None),
+        ('{"name": "x", "conditions": ' + "[" * 80 + "]" * 80 + "}", "conditions"),
+    ],
+)
+def test_json_a_database_cannot_store_is_a_400(api: APIClient, raw: str, path: str | None) -> None:
+    response = api.post("/api/tasks", raw, content_type="application/json")
+    assert response.status_code == 400, response.content[:300]
+    if path:
+        assert any(key.startswith(path) for key in response.json()), response.json()
+    assert not ScheduledTask.objects.exists()
+
+
+def test_a_body_over_the_limit_is_a_413(api: APIClient, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    body = {**DAILY_REPORT, "description": "x" * 20_000}
+    response = api.post("/api/tasks", body, format="json")
+    assert response.status_code == 413
+    assert not ScheduledTask.objects.exists()
+
+
+def test_listing_costs_the_same_queries_for_5_or_50_tasks(
+    api: APIClient, django_assert_num_queries: Any
+) -> None:
+    """Token lookup, count, one page: no query per task (no N+1)."""
+
+    def create(n: int) -> None:
+        for i in range(n):
+            api.post("/api/tasks", {**DAILY_REPORT, "name": f"n{i}"}, format="json")
+
+    create(5)
+    with django_assert_num_queries(3):
+        assert len(api.get("/api/tasks").json()["results"]) == 5
+    create(45)
+    with django_assert_num_queries(3):
+        assert len(api.get("/api/tasks").json()["results"]) == 50

@@ -6,10 +6,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from .payloads import PayloadError
 
@@ -49,3 +52,11 @@ def caller(request: Request) -> User:
     if not isinstance(user, User):
         raise PermissionError("an authenticated user is required")
     return user
+
+
+def exception_handler(exc: Exception, context: Any) -> Response | None:
+    """DRF's handler, plus 413 for bodies over DATA_UPLOAD_MAX_MEMORY_SIZE."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response({"(body)": [f"is larger than the {limit}-byte limit"]}, status=413)
+    return drf_exception_handler(exc, context)

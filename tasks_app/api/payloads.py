@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 
 from .. import cron as cronlib
 from ..models import ScheduledTask, TaskExecution, TaskType
+from ..storable import unstorable
 
 FIELD_NAMES = {
     "name": "name",
@@ -103,6 +104,9 @@ def parse_task(data: Any, *, task: ScheduledTask | None = None) -> dict[str, Any
     """Model field values from a request body (for an update, only what it names)."""
     if not isinstance(data, dict):
         raise PayloadError({"(body)": ["must be a JSON object"]})
+    bad = unstorable(data)
+    if bad:
+        raise PayloadError({bad[0]: [bad[1]]})
     errors: dict[str, list[str]] = {}
     for key in set(data) - set(FIELD_NAMES) - READ_ONLY - {"schedule", "userId"}:
         errors[str(key)] = ["unknown field"]

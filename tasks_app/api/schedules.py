@@ -6,6 +6,7 @@ from datetime import datetime
 
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from .. import cron as cronlib
@@ -16,6 +17,9 @@ from .payloads import PayloadError, parse_schedule
 
 
 class SchedulePreviewView(APIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "preview"
+
     @path_errors
     def post(self, request: Request) -> Response:
         body = request.data if isinstance(request.data, dict) else None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from rest_framework import viewsets
@@ -11,6 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 from .. import selectors
 from ..models import ScheduledTask, TaskStatus, TaskType, TaskWebhook, TriggerType
@@ -24,8 +27,28 @@ class TaskPagination(LimitOffsetPagination):
     max_limit = 500
 
 
+THROTTLE_SCOPES = {
+    "create": "task-write",
+    "update": "task-write",
+    "partial_update": "task-write",
+    "bulk": "task-write",
+    "run": "task-run",
+    "preview": "preview",
+}
+BULK_ACTIONS = {
+    "pause": definitions.task_pause,
+    "resume": definitions.task_resume,
+    "delete": definitions.task_delete,
+}
+MAX_BULK_IDS = 1000
+
+
 class TaskViewSet(viewsets.ViewSet):
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        self.throttle_scope = THROTTLE_SCOPES.get(self.action or "", "")
+        return [ScopedRateThrottle()] if self.throttle_scope else []
 
     def _task(self, request: Request, pk: str) -> ScheduledTask:
         return get_object_or_404(selectors.tasks_visible_to(caller(request)), pk=pk)
@@ -124,6 +147,33 @@ class TaskViewSet(viewsets.ViewSet):
     def preview(self, request: Request, pk: str) -> Response:
         count = int_param(request, "count", 10, 1, 500)
         return Response(selectors.task_preview(self._task(request, pk), count=count))
+
+    @action(detail=False, methods=["post"])
+    @path_errors
+    def bulk(self, request: Request) -> Response:
+        body = request.data if isinstance(request.data, dict) else {}
+        errors: dict[str, list[str]] = {}
+        verb, ids = body.get("action"), body.get("ids")
+        if verb not in BULK_ACTIONS:
+            errors["action"] = [f"must be one of {', '.join(BULK_ACTIONS)}"]
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_BULK_IDS:
+            errors["ids"] = [f"must be a list of 1 to {MAX_BULK_IDS} task ids"]
+        else:
+            for index, value in enumerate(ids):
+                try:
+                    uuid.UUID(str(value))
+                except ValueError:
+                    errors[f"ids[{index}]"] = ["is not a task id"]
+        for key in set(body) - {"action", "ids"}:
+            errors[str(key)] = ["unknown field"]
+        if errors or not isinstance(ids, list):
+            raise PayloadError(errors)
+        apply = BULK_ACTIONS[str(verb)]
+        with transaction.atomic():
+            tasks = list(selectors.tasks_visible_to(caller(request)).filter(pk__in=ids))
+            for task in tasks:
+                apply(task=task)
+        return Response({"count": len(tasks)})
 
     @action(detail=True, methods=["post"])
     @path_errors

@@ -4,6 +4,7 @@ from rest_framework.routers import SimpleRouter
 from .executions import ExecutionView
 from .health import HealthView
 from .schedules import SchedulePreviewView
+from .stats import StatsView
 from .tasks import TaskViewSet
 
 router = SimpleRouter()
@@ -14,5 +15,6 @@ urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
     path("executions/<uuid:pk>", ExecutionView.as_view(), name="execution"),
     path("schedules/preview", SchedulePreviewView.as_view(), name="schedule-preview"),
+    path("stats", StatsView.as_view(), name="stats"),
     *router.urls,
 ]
