@@ -346,3 +346,34 @@ def test_listing_costs_the_same_queries_for_5_or_50_tasks(
     create(45)
     with django_assert_num_queries(3):
         assert len(api.get("/api/tasks").json()["results"]) == 50
+
+
+def test_calendar_lists_planned_and_past_occurrences(api: APIClient, other: APIClient) -> None:
+    daily = api.post(
+        "/api/tasks",
+        {**DAILY_REPORT, "schedule": {"cron": "0 9 * * *", "timezone": "America/New_York"}},
+        format="json",
+    ).json()
+    other.post("/api/tasks", {**DAILY_REPORT, "userId": "mallory"}, format="json")
+    start = timezone.now().replace(microsecond=0)
+    end = start + timedelta(days=7)
+    past = TaskExecution.objects.create(
+        task=ScheduledTask.objects.get(pk=daily["id"]),
+        trigger="scheduled",
+        status="completed",
+        scheduled_for=start + timedelta(hours=1),
+    )
+    response = api.get("/api/calendar", {"start": start.isoformat(), "end": end.isoformat()})
+    assert response.status_code == 200, response.json()
+    entries = response.json()["occurrences"]
+    planned = [e for e in entries if e["status"] == "planned"]
+    assert len(planned) == 7 and {e["taskId"] for e in entries} == {daily["id"]}
+    assert all(e["at"].endswith(("T14:00:00+00:00", "T13:00:00+00:00")) for e in planned)
+    assert [e["executionId"] for e in entries if e["status"] == "completed"] == [str(past.pk)]
+    assert [e["at"] for e in entries] == sorted(e["at"] for e in entries)
+    too_long = api.get(
+        "/api/calendar",
+        {"start": start.isoformat(), "end": (start + timedelta(days=200)).isoformat()},
+    )
+    assert too_long.status_code == 400 and "end" in too_long.json()
+    assert api.get("/api/calendar", {"start": "soon"}).status_code == 400

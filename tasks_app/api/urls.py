@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .calendar import CalendarView
 from .executions import ExecutionView
 from .health import HealthView
 from .schedules import SchedulePreviewView
@@ -16,5 +17,6 @@ urlpatterns = [
     path("executions/<uuid:pk>", ExecutionView.as_view(), name="execution"),
     path("schedules/preview", SchedulePreviewView.as_view(), name="schedule-preview"),
     path("stats", StatsView.as_view(), name="stats"),
+    path("calendar", CalendarView.as_view(), name="calendar"),
     *router.urls,
 ]
