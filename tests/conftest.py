@@ -18,6 +18,8 @@ def django_db_modify_db_settings() -> None:
     from django.conf import settings
     from django.db import connections
 
+    if os.environ.get("SCHEDULER_TEST_DATABASE") == "sqlite":
+        return
     if not (CI or reachable(POSTGRES)):
         return
     default = settings.DATABASES["default"]
@@ -67,3 +69,10 @@ def egress_allow_loopback(settings: Any) -> None:
 def user(django_user_model: Any) -> Any:
     """An owner without a password hash (hashing costs a quarter second per test)."""
     return django_user_model.objects.create(username="alice")
+
+
+def pytest_report_header(config: Any) -> str:
+    wanted = os.environ.get("SCHEDULER_TEST_DATABASE")
+    if wanted == "sqlite" or not (CI or reachable(POSTGRES)):
+        return "unit-test database: sqlite"
+    return "unit-test database: postgresql"
