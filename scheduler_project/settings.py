@@ -148,6 +148,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("SCHEDULER_MAX_BODY_BYTES", 1024 * 1024)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Scheduled Tasks & Automation API",
     "VERSION": "0.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks_app.api.openapi.add_components",
+    ],
 }
 
 # --- Outgoing mail (Django's own names) -----------------------------------------

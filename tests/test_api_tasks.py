@@ -377,3 +377,21 @@ def test_calendar_lists_planned_and_past_occurrences(api: APIClient, other: APIC
     )
     assert too_long.status_code == 400 and "end" in too_long.json()
     assert api.get("/api/calendar", {"start": "soon"}).status_code == 400
+
+
+def test_openapi_document_validates_without_warnings(tmp_path: Any) -> None:
+    import yaml
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    schema = yaml.safe_load(target.read_text())
+    create = schema["paths"]["/api/tasks"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TaskInput"}
+    action = schema["components"]["schemas"]["Action"]
+    assert action["discriminator"]["propertyName"] == "type"
+    assert action["discriminator"]["mapping"]["webhook"] == "#/components/schemas/WebhookAction"
+    webhook = schema["components"]["schemas"]["WebhookAction"]
+    assert webhook["properties"]["type"]["enum"] == ["webhook"]
+    assert set(webhook["required"]) >= {"type", "url"}

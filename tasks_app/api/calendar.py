@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,6 +34,7 @@ def _moment(request: Request, name: str, default: datetime) -> datetime:
 
 
 class CalendarView(APIView):
+    @extend_schema(responses={200: {"type": "object"}})
     @path_errors
     def get(self, request: Request) -> Response:
         user = caller(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -20,6 +21,35 @@ class SchedulePreviewView(APIView):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "preview"
 
+    @extend_schema(
+        request={
+            "application/json": {
+                "type": "object",
+                "required": ["schedule"],
+                "properties": {
+                    "schedule": {
+                        "type": "object",
+                        "properties": {
+                            "cron": {"type": "string"},
+                            "timezone": {"type": "string"},
+                            "at": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                    "count": {"type": "integer", "minimum": 1, "maximum": 500},
+                    "from": {"type": "string", "format": "date-time"},
+                },
+            }
+        },
+        responses={
+            200: {
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string"},
+                    "runs": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+                },
+            }
+        },
+    )
     @path_errors
     def post(self, request: Request) -> Response:
         body = request.data if isinstance(request.data, dict) else None

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.db.models import Count, Q
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +19,7 @@ DUE_SOON = timedelta(hours=1)
 
 
 class StatsView(APIView):
+    @extend_schema(responses={200: {"type": "object"}})
     def get(self, request: Request) -> Response:
         user = caller(request)
         now = timezone.now()

@@ -8,6 +8,12 @@ import uuid
 from django.db import transaction
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
@@ -18,6 +24,7 @@ from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from .. import selectors
 from ..models import ScheduledTask, TaskStatus, TaskType, TaskWebhook, TriggerType
 from ..services import definitions, dispatch
+from . import openapi
 from .common import caller, int_param, path_errors
 from .payloads import PayloadError, execution_to_json, parse_owner, parse_task, task_to_json
 
@@ -43,6 +50,136 @@ BULK_ACTIONS = {
 MAX_BULK_IDS = 1000
 
 
+ERRORS = {
+    "type": "object",
+    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    "description": "field path -> reasons",
+    "example": {"schedule.cron": ["..."]},
+}
+TASK = openapi.ref("Task")
+EXECUTION = openapi.ref("Execution")
+PREVIEW = {
+    "type": "object",
+    "properties": {
+        "description": {"type": "string"},
+        "runs": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+    },
+}
+GUIDE_CREATE = OpenApiExample(
+    "Daily report (the guide)",
+    request_only=True,
+    value={
+        "userId": "user-id",
+        "name": "Daily Report",
+        "description": "Generate daily analytics report",
+        "type": "recurring",
+        "schedule": {"cron": "0 9 * * *", "timezone": "America/New_York"},
+        "action": {
+            "type": "webhook",
+            "url": "https://api.example.com/notify",
+            "method": "POST",
+            "body": {"message": "Task completed"},
+        },
+        "retryPolicy": {"maxRetries": 3, "backoffMs": 60000},
+        "notification": {"onSuccess": False, "onFailure": True, "channels": ["email"]},
+    },
+)
+LIMIT = OpenApiParameter("limit", int, description="how many, newest first")
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=TaskStatus.values),
+            OpenApiParameter("type", str, enum=TaskType.values),
+            OpenApiParameter("userId", str, description="staff: another user's tasks"),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={
+            200: {
+                "type": "object",
+                "properties": {
+                    "count": {"type": "integer"},
+                    "next": {"type": "string", "nullable": True},
+                    "previous": {"type": "string", "nullable": True},
+                    "results": {"type": "array", "items": TASK},
+                },
+            },
+            400: ERRORS,
+        },
+    ),
+    create=extend_schema(
+        request={"application/json": openapi.ref("TaskInput")},
+        examples=[GUIDE_CREATE],
+        responses={201: TASK, 400: ERRORS, 403: ERRORS, 413: ERRORS},
+    ),
+    retrieve=extend_schema(responses={200: TASK}),
+    update=extend_schema(
+        request={"application/json": openapi.ref("TaskUpdate")}, responses={200: TASK, 400: ERRORS}
+    ),
+    partial_update=extend_schema(
+        request={"application/json": openapi.ref("TaskUpdate")}, responses={200: TASK, 400: ERRORS}
+    ),
+    destroy=extend_schema(responses={204: None}),
+    pause=extend_schema(request=None, responses={200: TASK}),
+    resume=extend_schema(request=None, responses={200: TASK}),
+    run=extend_schema(request=None, responses={202: EXECUTION}),
+    executions=extend_schema(
+        parameters=[LIMIT], responses={200: {"type": "array", "items": EXECUTION}, 400: ERRORS}
+    ),
+    upcoming=extend_schema(
+        parameters=[LIMIT],
+        responses={
+            200: {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "taskId": {"type": "string"},
+                        "name": {"type": "string"},
+                        "type": {"type": "string"},
+                        "nextRun": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+            400: ERRORS,
+        },
+    ),
+    preview=extend_schema(
+        parameters=[OpenApiParameter("count", int)], responses={200: PREVIEW, 400: ERRORS}
+    ),
+    bulk=extend_schema(
+        request={
+            "application/json": {
+                "type": "object",
+                "required": ["action", "ids"],
+                "properties": {
+                    "action": {"type": "string", "enum": ["pause", "resume", "delete"]},
+                    "ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                },
+            }
+        },
+        responses={
+            200: {"type": "object", "properties": {"count": {"type": "integer"}}},
+            400: ERRORS,
+        },
+    ),
+    webhook=extend_schema(
+        request=None,
+        responses={
+            201: {
+                "type": "object",
+                "properties": {
+                    "webhookId": {"type": "string"},
+                    "webhookUrl": {"type": "string"},
+                    "secret": {"type": "string"},
+                },
+            },
+            400: ERRORS,
+        },
+    ),
+)
 class TaskViewSet(viewsets.ViewSet):
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
