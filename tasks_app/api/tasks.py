@@ -7,6 +7,7 @@ import uuid
 
 from django.db import transaction
 from django.db.models import QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -188,7 +189,11 @@ class TaskViewSet(viewsets.ViewSet):
         return [ScopedRateThrottle()] if self.throttle_scope else []
 
     def _task(self, request: Request, pk: str) -> ScheduledTask:
-        return get_object_or_404(selectors.tasks_visible_to(caller(request)), pk=pk)
+        try:
+            task_id = uuid.UUID(pk)
+        except ValueError:
+            raise Http404 from None
+        return get_object_or_404(selectors.tasks_visible_to(caller(request)), pk=task_id)
 
     def _listed(self, request: Request) -> QuerySet[ScheduledTask]:
         tasks = selectors.tasks_visible_to(caller(request))
@@ -229,9 +234,10 @@ class TaskViewSet(viewsets.ViewSet):
     @path_errors
     def update(self, request: Request, pk: str, partial: bool = True) -> Response:
         task = self._task(request, pk)
+        fields = parse_task(request.data, task=task)
         if "userId" in request.data and parse_owner(request.data, caller(request)) != task.owner:
             raise PayloadError({"userId": ["the owner of a task cannot be changed"]})
-        task = definitions.task_update(task=task, **parse_task(request.data, task=task))
+        task = definitions.task_update(task=task, **fields)
         return Response(task_to_json(task))
 
     def partial_update(self, request: Request, pk: str) -> Response:
@@ -291,7 +297,7 @@ class TaskViewSet(viewsets.ViewSet):
         body = request.data if isinstance(request.data, dict) else {}
         errors: dict[str, list[str]] = {}
         verb, ids = body.get("action"), body.get("ids")
-        if verb not in BULK_ACTIONS:
+        if not isinstance(verb, str) or verb not in BULK_ACTIONS:
             errors["action"] = [f"must be one of {', '.join(BULK_ACTIONS)}"]
         if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_BULK_IDS:
             errors["ids"] = [f"must be a list of 1 to {MAX_BULK_IDS} task ids"]
