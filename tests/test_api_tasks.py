@@ -388,10 +388,26 @@ def test_openapi_document_validates_without_warnings(tmp_path: Any) -> None:
     schema = yaml.safe_load(target.read_text())
     create = schema["paths"]["/api/tasks"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/TaskInput"}
+        "$ref": "#/components/schemas/TaskInput"
+    }
     action = schema["components"]["schemas"]["Action"]
     assert action["discriminator"]["propertyName"] == "type"
     assert action["discriminator"]["mapping"]["webhook"] == "#/components/schemas/WebhookAction"
     webhook = schema["components"]["schemas"]["WebhookAction"]
     assert webhook["properties"]["type"]["enum"] == ["webhook"]
     assert set(webhook["required"]) >= {"type", "url"}
+
+
+def test_staff_may_act_for_another_user(api: APIClient, django_user_model: Any) -> None:
+    staff = client_for(django_user_model, "ops", is_staff=True)
+    created = staff.post("/api/tasks", {**DAILY_REPORT, "userId": "user-123"}, format="json")
+    assert created.status_code == 201 and created.json()["userId"] == "user-123"
+    task_id = created.json()["id"]
+    assert [t["id"] for t in api.get("/api/tasks").json()["results"]] == [task_id]
+    assert staff.get("/api/tasks").json()["results"] == []  # their own, by default
+    listed = staff.get("/api/tasks?userId=user-123").json()["results"]
+    assert [t["id"] for t in listed] == [task_id]
+    assert staff.post(f"/api/tasks/{task_id}/pause").json()["status"] == "paused"
+    unknown = staff.post("/api/tasks", {**DAILY_REPORT, "userId": "nobody"}, format="json")
+    assert unknown.status_code == 400 and "userId" in unknown.json()
+    assert api.get("/api/tasks?userId=ops").status_code == 403
