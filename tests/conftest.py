@@ -76,3 +76,11 @@ def pytest_report_header(config: Any) -> str:
     if wanted == "sqlite" or not (CI or reachable(POSTGRES)):
         return "unit-test database: sqlite"
     return "unit-test database: postgresql"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Throttle counters live in the cache: every test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from django.db import connection
 
@@ -6,5 +8,6 @@ from tests.services import CI, POSTGRES, reachable
 
 @pytest.mark.django_db
 def test_unit_suite_runs_on_postgres_when_it_answers():
-    expected = "postgresql" if CI or reachable(POSTGRES) else "sqlite"
+    wanted_sqlite = os.environ.get("SCHEDULER_TEST_DATABASE") == "sqlite"
+    expected = "postgresql" if (CI or reachable(POSTGRES)) and not wanted_sqlite else "sqlite"
     assert connection.vendor == expected
