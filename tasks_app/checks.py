@@ -16,8 +16,6 @@ from .models import ActionType
 # "not available yet". Remove a type from here when its executor is registered.
 PLANNED_ACTION_TYPES = frozenset(
     {
-        ActionType.AI_PROMPT,
-        ActionType.SEND_EMAIL,
         ActionType.RUN_CODE,
         ActionType.GENERATE_REPORT,
         ActionType.WEB_SCRAPE,

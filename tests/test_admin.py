@@ -76,10 +76,10 @@ def test_wrong_cron_is_refused_on_the_form(client: Any, operator: Any) -> None:
 
 def test_unavailable_action_type_is_refused_on_the_form(client: Any, operator: Any) -> None:
     response = client.post(
-        ADD_URL, form(operator, action=json.dumps({"type": "ai-prompt", "prompt": "hi"}))
+        ADD_URL, form(operator, action=json.dumps({"type": "run-code", "code": "print(1)"}))
     )
     assert response.status_code == 200
-    assert "action.type: action type &#x27;ai-prompt&#x27; is not available yet" in (
+    assert "action.type: action type &#x27;run-code&#x27; is not available yet" in (
         response.content.decode()
     )
 

@@ -411,3 +411,40 @@ def test_staff_may_act_for_another_user(api: APIClient, django_user_model: Any) 
     unknown = staff.post("/api/tasks", {**DAILY_REPORT, "userId": "nobody"}, format="json")
     assert unknown.status_code == 400 and "userId" in unknown.json()
     assert api.get("/api/tasks?userId=ops").status_code == 403
+
+
+GUIDE_CREATE = {
+    "userId": "user-123",
+    "name": "Daily Report",
+    "description": "Generate daily analytics report",
+    "type": "recurring",
+    "schedule": {"cron": "0 9 * * *", "timezone": "America/New_York"},
+    "action": {
+        "type": "ai-prompt",
+        "prompt": "Generate a comprehensive daily analytics report...",
+        "model": "claude-3-5-sonnet-20241022",
+    },
+    "retryPolicy": {"maxRetries": 3, "backoffMs": 60000},
+    "notification": {"onSuccess": False, "onFailure": True, "channels": ["email"]},
+}
+GUIDE_EXAMPLE_1 = {
+    "userId": "user-123",
+    "name": "Morning Briefing",
+    "type": "recurring",
+    "schedule": {"cron": "0 8 * * 1-5", "timezone": "America/New_York"},
+    "action": {
+        "type": "ai-prompt",
+        "prompt": "Generate a morning briefing with: 1) Top news "
+        "headlines 2) Weather 3) Calendar events 4) To-do list priorities",
+    },
+    "notification": {"onSuccess": True, "channels": ["email"]},
+}
+
+
+@pytest.mark.parametrize("body", [GUIDE_CREATE, GUIDE_EXAMPLE_1], ids=["create", "example-1"])
+def test_the_guides_ai_prompt_requests_work_as_written(api: APIClient, body: Any) -> None:
+    response = api.post("/api/tasks", body, format="json")
+    assert response.status_code == 201, response.json()
+    task = response.json()
+    assert task["action"] == body["action"] and task["schedule"] == body["schedule"]
+    assert task["notification"] == body["notification"]

@@ -179,9 +179,9 @@ def test_create_refuses_unknown_fields(user: Any) -> None:
         ),
         ({"type": "sometimes"}, "type", "must be one of one-time, recurring, trigger"),
         (
-            {"type": "recurring", "cron": "* * * * *", "action": {"type": "ai-prompt"}},
+            {"type": "recurring", "cron": "* * * * *", "action": {"type": "run-code"}},
             "action.type",
-            "action type 'ai-prompt' is not available yet",
+            "action type 'run-code' is not available yet",
         ),
         (
             {"type": "recurring", "cron": "* * * * *", "action": {"type": "teleport"}},
@@ -426,7 +426,7 @@ def test_clean_maps_paths_to_model_fields(user: Any) -> None:
         type="recurring",
         cron="not cron",
         timezone="UTC",
-        action={"type": "ai-prompt"},
+        action={"type": "run-code"},
         retry_policy={"maxRetries": -3},
         notification={"channels": ["fax"]},
         conditions="nope",
@@ -442,7 +442,7 @@ def test_clean_maps_paths_to_model_fields(user: Any) -> None:
         "notification",
         "retry_policy",
     ]
-    assert errors["action"] == ["action.type: action type 'ai-prompt' is not available yet"]
+    assert errors["action"] == ["action.type: action type 'run-code' is not available yet"]
     assert errors["name"] == ["name: is required"]
     assert errors["conditions"] == ["conditions: must be a list"]
     assert errors["notification"][0].startswith("notification.channels[0]: Input should be")

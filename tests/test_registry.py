@@ -107,7 +107,7 @@ def test_iteration_is_sorted() -> None:
 def test_default_registry_has_webhook() -> None:
     assert "webhook" in executors.registry
     assert isinstance(executors.registry.get("webhook"), WebhookExecutor)
-    assert list(executors.registry) == ["webhook"]
+    assert list(executors.registry) == ["ai-prompt", "send-email", "webhook"]
 
 
 # --- base and errors --------------------------------------------------------------------
@@ -179,9 +179,10 @@ def test_check_executors_errors_for_a_type_with_neither_executor_nor_plan(
         (
             django_checks.ERROR,
             "tasks_app.E001",
-            "action type 'webhook' has no executor",
+            f"action type {name!r} has no executor",
             "register one in executors/__init__.py",
         )
+        for name in ("ai-prompt", "send-email", "webhook")
     ]
     reported = django_checks.run_checks(tags=[django_checks.Tags.compatibility])
     assert "tasks_app.E001" in [p.id for p in reported]
@@ -194,7 +195,8 @@ def test_check_executors_warns_when_a_registered_type_is_still_planned(
         action_type: ClassVar[str] = "chain"
 
     registry = Registry()
-    registry.register(WebhookExecutor())
+    for name in executors.registry:
+        registry.register(executors.registry.get(name))
     registry.register(Chain())
     monkeypatch.setattr(executors, "registry", registry)
     problems = checks.check_executors()
@@ -211,7 +213,8 @@ def test_check_executors_errors_for_an_executor_of_an_unknown_type(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     registry = Registry()
-    registry.register(WebhookExecutor())
+    for name in executors.registry:
+        registry.register(executors.registry.get(name))
     registry.register(Echo())
     monkeypatch.setattr(executors, "registry", registry)
     problems = checks.check_executors()
