@@ -3,6 +3,11 @@
 import os
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+
+from .transport import SCHEME
+
+TRANSPORT_ALIASES.setdefault(SCHEME, "scheduler_project.transport:Transport")
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
 

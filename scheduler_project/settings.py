@@ -175,7 +175,8 @@ SCHEDULER_EGRESS_TIMEOUT = env_int("SCHEDULER_EGRESS_TIMEOUT", 30)
 SCHEDULER_EGRESS_MAX_BYTES = env_int("SCHEDULER_EGRESS_MAX_BYTES", 5 * 1024 * 1024)
 
 # --- Celery ------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+# localfs:// is kombu's filesystem transport with atomic writes (scheduler_project.transport).
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "localfs://"
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "django-db")
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = "UTC"
@@ -203,7 +204,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL)},
     },
 }
-if CELERY_BROKER_URL.startswith("filesystem://"):
+if CELERY_BROKER_URL.startswith(("localfs://", "filesystem://")):
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
