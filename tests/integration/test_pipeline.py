@@ -25,6 +25,16 @@ def webhook(http: Receiver, path: str, **extra: Any) -> dict[str, Any]:
     return {"type": "webhook", "url": f"{http.url}{path}", **extra}
 
 
+def requests_to(
+    stack: Stack, http: Receiver, path: str, count: int = 1, timeout: float = 30.0
+) -> list[Any]:
+    """Wait for requests at the receiver; on a timeout, show what the processes said."""
+    try:
+        return http.wait_for(path, count, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.log_tail(80)}") from None
+
+
 def executions(stack: Stack, task_id: str) -> list[dict[str, Any]]:
     rows = stack.query(
         f"SELECT {EXECUTION_COLUMNS} FROM task_executions WHERE task_id = ?",
@@ -97,7 +107,7 @@ def test_one_time_task_fires_at_its_time(stack: Stack, http: Receiver) -> None:
             "action": webhook(http, path, body={"hello": "world"}, headers={"X-Test": "1"}),
         },
     )
-    [request] = http.wait_for(path, timeout=45)
+    [request] = requests_to(stack, http, path, timeout=45)
     assert time.time() - created >= 5.0, "fired before its time"
     assert request.method == "POST"
     assert request.json() == {"hello": "world"}
@@ -129,7 +139,7 @@ def test_twenty_tasks_due_together_with_two_beats_run_exactly_once(
         for i in range(20)
     ]
     task_ids = create_tasks(stack, *specs)
-    http.wait_for(f"/burst-{stack.mode}", 20, timeout=60)
+    requests_to(stack, http, f"/burst-{stack.mode}", 20, timeout=60)
     for task_id in task_ids:
         wait_until(lambda t=task_id: finished(stack, t), 30, message=stack.log_tail())
     time.sleep(8)  # both beats have ticked again
@@ -151,11 +161,11 @@ def test_pool_process_killed_mid_task_reruns_once(stack: Stack, http: Receiver) 
             "action": webhook(http, path, timeout=120),
         },
     )
-    http.wait_for(path, timeout=45)
+    requests_to(stack, http, path, timeout=45)
     busy = [pid for pid in stack.children("worker") if _sends_to(pid, http)]
     assert busy, "no pool process is talking to the receiver"
     os.kill(busy[0], signal.SIGKILL)
-    requests = http.wait_for(path, 2, timeout=60)
+    requests = requests_to(stack, http, path, 2, timeout=60)
     [execution] = wait_until(lambda: finished(stack, task_id), 30, message=stack.log_tail())
     assert execution["status"] == "completed", execution
     assert execution["deliveries"] == 2
@@ -190,10 +200,10 @@ def test_worker_killed_mid_task_reruns_once(stack: Stack, http: Receiver) -> Non
             "action": webhook(http, path, timeout=120),
         },
     )
-    http.wait_for(path, timeout=45)
+    requests_to(stack, http, path, timeout=45)
     stack.kill("worker", signal.SIGKILL)  # the whole worker: main process and pool
     stack.start("worker", procfile_commands()["worker"])
-    requests = http.wait_for(path, 2, timeout=90)
+    requests = requests_to(stack, http, path, 2, timeout=90)
     [execution] = wait_until(lambda: finished(stack, task_id), 30, message=stack.log_tail())
     assert execution["status"] == "completed", execution
     assert execution["deliveries"] == 2
@@ -219,7 +229,7 @@ def test_fire_lost_by_the_broker_runs_once_from_the_ledger(stack: Stack, http: R
     time.sleep(1)  # the beat publishes right after recording
     stack.lose_broker_messages()
     stack.start("worker", procfile_commands()["worker"])
-    [request] = http.wait_for(path, timeout=90)
+    [request] = requests_to(stack, http, path, timeout=90)
     [execution] = wait_until(lambda: finished(stack, task_id), 30, message=stack.log_tail())
     assert execution["status"] == "completed" and execution["id"] == recorded["id"]
     assert request.headers["Idempotency-Key"] == uuid_text(execution["id"])
@@ -229,7 +239,7 @@ def test_fire_lost_by_the_broker_runs_once_from_the_ledger(stack: Stack, http: R
 
 def test_recurring_task_fires_on_each_minute(stack: Stack, http: Receiver) -> None:
     task_id = stack.recurring_id  # type: ignore[attr-defined]
-    http.wait_for(f"/minutely-{stack.mode}", 2, timeout=150)
+    requests_to(stack, http, f"/minutely-{stack.mode}", 2, timeout=150)
     rows = wait_until(lambda: finished(stack, task_id, 2), 30, message=stack.log_tail())
     occurrences = sorted(as_datetime(r["scheduled_for"]) for r in rows)
     assert all(o.second == 0 and o.microsecond == 0 for o in occurrences)
