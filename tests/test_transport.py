@@ -17,7 +17,8 @@ PRODUCER = """
 import sys
 import scheduler_project.celery
 from kombu import Connection
-options = {"data_folder_in": sys.argv[1], "data_folder_out": sys.argv[1]}
+options = {"data_folder_in": sys.argv[1], "data_folder_out": sys.argv[1],
+           "control_folder": sys.argv[1] + "-control"}
 with Connection("localfs://", transport_options=options) as conn:
     queue = conn.SimpleQueue("race")
     for n in range(int(sys.argv[2])):
@@ -31,6 +32,7 @@ def test_consumer_racing_a_producer_reads_every_message_whole(tmp_path: Path) ->
     options = {
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
+        "control_folder": str(tmp_path / "control"),
         "polling_interval": 0.001,
     }
     producer = subprocess.Popen(
