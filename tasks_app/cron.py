@@ -76,13 +76,17 @@ class Cron:
             fire = later
         return fire
 
-    def upcoming(self, after: datetime, count: int) -> list[datetime]:
+    def upcoming(
+        self, after: datetime, count: int, before: datetime | None = None
+    ) -> list[datetime]:
+        """Up to ``count`` fire times after ``after`` (and before ``before``, if given)."""
         runs: list[datetime] = []
         moment: datetime | None = after
         while moment is not None and len(runs) < count:
             moment = self.next_after(moment)
-            if moment is not None:
-                runs.append(moment)
+            if moment is None or (before is not None and moment >= before):
+                break
+            runs.append(moment)
         return runs
 
 

@@ -79,7 +79,8 @@ DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "owner"})
 RUNTIME_FIELDS = frozenset({"last_run", "next_run", "run_count", "periodic_task"})
 
 
-PATH_FIELDS = {
+# The guide's JSON names of the editable parts of a task, and their model fields.
+JSON_FIELDS = {
     "name": "name",
     "description": "description",
     "type": "type",
@@ -88,8 +89,8 @@ PATH_FIELDS = {
     "conditions": "conditions",
     "retryPolicy": "retry_policy",
     "notification": "notification",
-    "status": "status",
 }
+PATH_FIELDS = {**JSON_FIELDS, "status": "status"}
 SCHEDULE_PATH_FIELDS = {
     "schedule.cron": "cron",
     "schedule.timezone": "timezone",

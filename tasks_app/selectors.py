@@ -55,14 +55,12 @@ def schedule_preview(
 
 
 def task_preview(task: ScheduledTask, *, count: int = 10) -> dict[str, Any]:
-    if task.status != TaskStatus.ACTIVE:
-        preview = schedule_preview(
-            task_type=task.type, cron=task.cron, zone=task.timezone, at=task.run_at, count=count
-        )
-        return {**preview, "runs": [], "note": f"the task is {task.status}"}
-    return schedule_preview(
+    preview = schedule_preview(
         task_type=task.type, cron=task.cron, zone=task.timezone, at=task.run_at, count=count
     )
+    if task.status != TaskStatus.ACTIVE:
+        return {**preview, "runs": [], "note": f"the task is {task.status}"}
+    return preview
 
 
 def upcoming_runs(user: User, *, limit: int = 10) -> list[ScheduledTask]:

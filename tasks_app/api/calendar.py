@@ -88,12 +88,6 @@ def _planned(
         return [run_at.astimezone(UTC)] if run_at and start <= run_at < end else []
     if task_type != TaskType.RECURRING:
         return []
-    found: list[datetime] = []
-    schedule = cronlib.Cron(cron, zone)
-    moment: datetime | None = start - timedelta(microseconds=1)
-    while len(found) < MAX_PLANNED_PER_TASK:
-        moment = schedule.next_after(moment) if moment else None
-        if moment is None or moment >= end:
-            break
-        found.append(moment)
-    return found
+    return cronlib.Cron(cron, zone).upcoming(
+        start - timedelta(microseconds=1), MAX_PLANNED_PER_TASK, before=end
+    )

@@ -10,19 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
 from .. import cron as cronlib
-from ..models import ScheduledTask, TaskExecution, TaskType
+from ..models import JSON_FIELDS, ScheduledTask, TaskExecution, TaskType
 from ..storable import unstorable
 
-FIELD_NAMES = {
-    "name": "name",
-    "description": "description",
-    "type": "type",
-    "trigger": "trigger",
-    "action": "action",
-    "conditions": "conditions",
-    "retryPolicy": "retry_policy",
-    "notification": "notification",
-}
 READ_ONLY = {"id", "status", "lastRun", "nextRun", "runCount", "createdAt", "updatedAt"}
 SCHEDULE_KEYS = {"cron", "timezone", "at"}
 
@@ -108,9 +98,9 @@ def parse_task(data: Any, *, task: ScheduledTask | None = None) -> dict[str, Any
     if bad:
         raise PayloadError({bad[0]: [bad[1]]})
     errors: dict[str, list[str]] = {}
-    for key in set(data) - set(FIELD_NAMES) - READ_ONLY - {"schedule", "userId"}:
+    for key in set(data) - set(JSON_FIELDS) - READ_ONLY - {"schedule", "userId"}:
         errors[str(key)] = ["unknown field"]
-    fields = {FIELD_NAMES[key]: value for key, value in data.items() if key in FIELD_NAMES}
+    fields = {JSON_FIELDS[key]: value for key, value in data.items() if key in JSON_FIELDS}
     task_type = fields.get("type", task.type if task else None)
     schedule = data.get("schedule")
     if "schedule" in data:
