@@ -9,7 +9,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -26,6 +27,23 @@ class ActionConfig(BaseModel):
 ConfigT = TypeVar("ConfigT", bound=ActionConfig)
 
 
+class ExecutionHost(Protocol):
+    """What the application offers an executor beyond its config (implemented in
+    ``tasks_app.services.host``; executors never import ``tasks_app``)."""
+
+    def report_data(self, *, period_days: int) -> dict[str, Any]:
+        """The owner's execution figures over the last ``period_days`` days."""
+        ...
+
+    def save_report(self, *, title: str, html: str, markdown: str) -> dict[str, Any]:
+        """Store a rendered report; returns ``{"reportId", "url", ...}``."""
+        ...
+
+    def google_credentials(self) -> dict[str, Any] | None:
+        """The owner's stored Google credentials (decrypted), or None."""
+        ...
+
+
 @dataclass(frozen=True)
 class ExecutionContext:
     task_id: str
@@ -35,6 +53,14 @@ class ExecutionContext:
     log: Callable[[str], None]
     egress: EgressPolicy = field(default_factory=EgressPolicy)
     variables: Mapping[str, Any] = field(default_factory=dict)
+    #: The result of the previous step of a chain (None for a first or single step).
+    previous_result: Any = None
+    #: The owner's own directory under SCHEDULER_DATA_DIR (file operations stay inside it).
+    files_root: Path | None = None
+    task_name: str = ""
+    #: Seconds this attempt may still run (the Celery soft time limit minus what is spent).
+    time_budget: float = 600.0
+    host: ExecutionHost | None = None
 
 
 @dataclass(frozen=True)
