@@ -42,6 +42,23 @@ def _persistent_secret(filename: str) -> str:
 
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _persistent_secret("secret_key")
+
+
+def _fernet_key_file(filename: str) -> str:
+    path = DATA_DIR / filename
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(Fernet.generate_key().decode())
+    return path.read_text().strip()
+
+
+# Keys for secrets at rest (Fernet, newest first), separate from SECRET_KEY.
+FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS") or [
+    _fernet_key_file("field_encryption_key")
+]
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
@@ -173,6 +190,11 @@ SCHEDULER_REQUEUE_AFTER = env_int("SCHEDULER_REQUEUE_AFTER", 300)
 SCHEDULER_EGRESS_ALLOW = env_list("SCHEDULER_EGRESS_ALLOW")
 SCHEDULER_EGRESS_TIMEOUT = env_int("SCHEDULER_EGRESS_TIMEOUT", 30)
 SCHEDULER_EGRESS_MAX_BYTES = env_int("SCHEDULER_EGRESS_MAX_BYTES", 5 * 1024 * 1024)
+# Web Push (VAPID): a PEM private key, or empty to make one under SCHEDULER_DATA_DIR.
+SCHEDULER_VAPID_PRIVATE_KEY = os.environ.get("SCHEDULER_VAPID_PRIVATE_KEY", "")
+SCHEDULER_VAPID_SUBJECT = os.environ.get("SCHEDULER_VAPID_SUBJECT", "mailto:admin@localhost")
+# Each user's files (file-operation, e-mail attachments, backups) live under here.
+SCHEDULER_FILES_DIR = Path(os.environ.get("SCHEDULER_FILES_DIR") or DATA_DIR / "files")
 
 # --- Celery ------------------------------------------------------------------------
 # localfs:// is kombu's filesystem transport with atomic writes (scheduler_project.transport).

@@ -11,6 +11,8 @@ from django.db import models, transaction
 from django.db.models import Q
 from django_celery_beat.models import PeriodicTask
 
+from .fields import EncryptedJSONField
+
 
 class TaskType(models.TextChoices):
     ONE_TIME = "one-time", "One-time"
@@ -233,6 +235,12 @@ class TaskExecution(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     logs = models.JSONField(default=list, blank=True)
+    steps = models.JSONField(
+        default=list, blank=True, help_text="Chains: one entry per step (status, result, timing)"
+    )
+    input_tokens = models.PositiveBigIntegerField(default=0, help_text="Claude tokens in")
+    output_tokens = models.PositiveBigIntegerField(default=0, help_text="Claude tokens out")
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "task_executions"
@@ -285,3 +293,92 @@ class TaskWebhook(models.Model):
 
     def __str__(self) -> str:
         return self.webhook_id
+
+
+class UserVariable(models.Model):
+    """A named value per user, read by ``variable`` conditions."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="task_variables"
+    )
+    name = models.CharField(max_length=100)
+    value = models.JSONField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "user_variables"
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="one_variable_per_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PushSubscription(models.Model):
+    """A browser's Web Push subscription (endpoint and keys), for push notifications."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="push_subscriptions"
+    )
+    endpoint = models.URLField(max_length=2048)
+    p256dh = models.CharField(max_length=200)
+    auth = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "push_subscriptions"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "endpoint"], name="one_subscription_per_endpoint"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.endpoint
+
+
+class GoogleCredential(models.Model):
+    """A user's Google credentials (service account or authorized user), encrypted at rest."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="google_credential"
+    )
+    credentials = EncryptedJSONField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "google_credentials"
+
+    def __str__(self) -> str:
+        return f"Google credentials of {self.owner_id}"
+
+
+class Report(models.Model):
+    """A report made by a generate-report action, downloadable as HTML or Markdown."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="task_reports"
+    )
+    task = models.ForeignKey(
+        ScheduledTask, on_delete=models.SET_NULL, null=True, blank=True, related_name="reports"
+    )
+    execution = models.ForeignKey(
+        TaskExecution, on_delete=models.SET_NULL, null=True, blank=True, related_name="reports"
+    )
+    title = models.CharField(max_length=200)
+    html = models.TextField()
+    markdown = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "reports"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"], name="report_owner_recent")]
+
+    def __str__(self) -> str:
+        return self.title

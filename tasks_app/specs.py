@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 
 class Spec(BaseModel):
@@ -26,9 +26,20 @@ class RetryPolicy(Spec):
 
 
 class Notification(Spec):
+    """Who hears about an execution's outcome: by default the owner's e-mail address, the
+    ``webhookUrl`` given here, and the owner's Web Push subscriptions."""
+
     onSuccess: bool = False
     onFailure: bool = False
     channels: list[Literal["email", "webhook", "push"]] = Field(default_factory=list, max_length=3)
+    email: list[EmailStr] | None = Field(default=None, max_length=20)
+    webhookUrl: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s/]+")
+
+    @model_validator(mode="after")
+    def _webhook_has_url(self) -> Notification:
+        if "webhook" in self.channels and not self.webhookUrl:
+            raise ValueError("the webhook channel needs a webhookUrl")
+        return self
 
 
 class Trigger(Spec):
