@@ -238,6 +238,9 @@ class TaskExecution(models.Model):
     steps = models.JSONField(
         default=list, blank=True, help_text="Chains: one entry per step (status, result, timing)"
     )
+    current_step = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Chains: the step now running or due next"
+    )
     input_tokens = models.PositiveBigIntegerField(default=0, help_text="Claude tokens in")
     output_tokens = models.PositiveBigIntegerField(default=0, help_text="Claude tokens out")
     notified_at = models.DateTimeField(null=True, blank=True)

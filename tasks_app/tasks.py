@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import Ignore, TimeLimitExceeded
 
-from .conf import RECOVER_TASK_NAME, RUN_TASK_NAME
+from .conf import NOTIFY_TASK_NAME, RECOVER_TASK_NAME, RUN_STEP_NAME, RUN_TASK_NAME
 from .models import ExecutionStatus
-from .services import executions, recovery
+from .services import chains, executions, recovery
 
 
 class RunTask(Task):
@@ -18,12 +18,20 @@ class RunTask(Task):
     hard time limit; record that, so the attempt is not mistaken for a lost worker."""
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        if isinstance(exc, TimeLimitExceeded) and kwargs.get("execution_id"):
-            executions.execution_killed_by_time_limit(
+        if not (isinstance(exc, TimeLimitExceeded) and kwargs.get("execution_id")):
+            return
+        limit = float(exc.args[0]) if exc.args else float(self.app.conf.task_time_limit)
+        if "step" in kwargs:
+            chains.step_killed_by_time_limit(
                 execution_id=kwargs["execution_id"],
+                step=kwargs["step"],
                 attempt=kwargs.get("attempt", 1),
-                limit=float(exc.args[0]) if exc.args else float(self.app.conf.task_time_limit),
+                limit=limit,
             )
+            return
+        executions.execution_killed_by_time_limit(
+            execution_id=kwargs["execution_id"], attempt=kwargs.get("attempt", 1), limit=limit
+        )
 
 
 @shared_task(
@@ -65,6 +73,40 @@ def run_task(
             kwargs={"execution_id": execution_id, "attempt": attempt + 1},
         )
     return {"outcome": outcome.status, "executionId": execution_id}
+
+
+@shared_task(
+    bind=True,
+    base=RunTask,
+    name=RUN_STEP_NAME,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+)
+def run_step(self: Task, execution_id: str, step: int, attempt: int = 1) -> dict[str, Any]:
+    """Run one attempt of one step of a chain; the canvas chain sends the next step."""
+    claimed = chains.step_claim(
+        execution_id=execution_id, step=step, attempt=attempt, worker=executions.worker_identity()
+    )
+    if claimed is None:
+        raise Ignore()  # a duplicate delivery: this copy of the chain stops here
+    outcome = chains.step_run(execution=claimed, step=step)
+    if outcome.retry_in is not None:
+        raise self.retry(
+            countdown=outcome.retry_in,
+            kwargs={"execution_id": execution_id, "step": step, "attempt": attempt + 1},
+        )
+    if outcome.status not in {"next", "completed"}:
+        raise Ignore()  # the step failed (or was taken over): the rest of the chain must not run
+    return {"outcome": outcome.status, "executionId": execution_id, "step": step}
+
+
+@shared_task(name=NOTIFY_TASK_NAME, acks_late=True, ignore_result=True)
+def notify_execution(execution_id: str) -> list[str]:
+    """Send an execution's notifications (at most once: the service claims them)."""
+    from .services.notifications import execution_notify
+
+    return execution_notify(execution_id=execution_id)
 
 
 @shared_task(name=RECOVER_TASK_NAME, acks_late=False, ignore_result=True)

@@ -66,7 +66,7 @@ def test_create_recurring_stores_every_field(user: Any) -> None:
         timezone="Europe/Paris",
         retry_policy={"maxRetries": 3, "backoffMs": 500},
         notification={"onFailure": True, "channels": ["email"]},
-        conditions=[{"type": "time", "operator": "between", "value": ["09:00", "17:00"]}],
+        conditions=[{"type": "time", "operator": "greater", "value": "09:00"}],
     )
 
     stored = ScheduledTask.objects.get(pk=task.pk)
@@ -82,7 +82,7 @@ def test_create_recurring_stores_every_field(user: Any) -> None:
     assert stored.retry_policy == {"maxRetries": 3, "backoffMs": 500}
     assert stored.notification == {"onFailure": True, "channels": ["email"]}
     assert stored.conditions == [
-        {"type": "time", "operator": "between", "value": ["09:00", "17:00"]}
+        {"type": "time", "operator": "greater", "value": "09:00"}
     ]
     assert stored.status == TaskStatus.ACTIVE
     assert stored.run_count == 0

@@ -516,7 +516,7 @@ def test_manual_run_of_a_one_time_task_keeps_it_active(user: Any, hook: Receiver
 def test_retry_path_through_the_services(user: Any, hook: Receiver) -> None:
     hook.reply("/flaky", Reply(status=503, body={"error": "busy"}))
     task = webhook_task(
-        user, f"{hook.url}/flaky", retry_policy={"maxRetries": 2, "backoffMs": 1000}
+        user, f"{hook.url}/flaky", retry_policy={"maxRetries": 2, "backoffMs": 1000, "jitter": 0}
     )
     execution = queued(task)
     pk = str(execution.pk)
@@ -612,7 +612,9 @@ def test_unreachable_endpoint_is_retryable(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    task = webhook_task(user, f"http://127.0.0.1:{port}/", retry_policy={"maxRetries": 1})
+    task = webhook_task(
+        user, f"http://127.0.0.1:{port}/", retry_policy={"maxRetries": 1, "jitter": 0}
+    )
     claimed = executions.execution_claim(execution_id=str(queued(task).pk), attempt=1, worker="a:1")
     assert claimed is not None
     outcome = executions.execution_run(execution=claimed)

@@ -22,17 +22,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 import executors
-from executors.base import ExecutionContext
+from executors.base import ActionResult, ExecutionContext
 from executors.errors import ExecutorError, RetryableError
+from executors.templating import render_value
 
-from ..conf import scheduler_settings
+from ..conf import NOTIFY_TASK_NAME, scheduler_settings
 from ..models import (
+    ActionType,
     ExecutionStatus,
     ExecutionTrigger,
     ScheduledTask,
@@ -42,6 +45,8 @@ from ..models import (
 )
 from ..specs import RetryPolicy
 from ..storable import storable, storable_text
+from .conditions import conditions_unmet
+from .host import execution_context
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +164,8 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
         )
         if execution is None or execution.is_finished:
             return None
+        if execution.current_step is not None:
+            return None  # a chain in progress: its steps run as their own Celery tasks
         if execution.status in WAITING:
             if attempt != execution.attempt + 1:
                 return None
@@ -207,25 +214,31 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
 
 
 def execution_run(*, execution: TaskExecution) -> Outcome:
-    """Run the claimed execution's action and record the outcome."""
+    """Run the claimed execution's action (or start its chain) and record the outcome."""
     task = execution.task
-    conf = scheduler_settings()
     logs: list[dict[str, str]] = []
-    ctx = ExecutionContext(
-        task_id=str(task.id),
-        execution_id=str(execution.id),
-        attempt=execution.attempt,
-        idempotency_key=str(execution.id),
-        log=lambda message: logs.append(log_entry(message)),
-        egress=conf.egress_policy(),
-        variables=_variables(execution),
+    ctx = execution_context(
+        execution, log=lambda message: logs.append(log_entry(message)), attempt=execution.attempt
     )
     started = time.monotonic()
     try:
-        executor = executors.registry.get(task.action_type)
-        result = executor.execute(executor.validate(task.action), ctx)
+        reason = conditions_unmet(task=task, now=timezone.now(), policy=ctx.egress, log=ctx.log)
+        if reason is not None:
+            logs.append(log_entry(f"skipped: {reason}"))
+            return execution_finish(
+                execution=execution,
+                status=ExecutionStatus.SKIPPED,
+                error=f"skipped: {reason}",
+                logs=logs,
+                started=started,
+            )
+        if task.action_type == ActionType.CHAIN:
+            from .chains import chain_start
+
+            return chain_start(execution=execution, logs=logs, started=started)
+        result = run_action(task.action, ctx)
     except Exception as exc:  # noqa: BLE001 - classified below, never swallowed silently
-        retryable = isinstance(exc, RetryableError) or not isinstance(exc, ExecutorError)
+        retryable = is_retryable(exc)
         if not isinstance(exc, ExecutorError):
             logger.exception("execution %s: unexpected error", execution.id)
         return _after_failure(execution, exc, retryable, logs, started)
@@ -235,12 +248,38 @@ def execution_run(*, execution: TaskExecution) -> Outcome:
         result=result.output,
         logs=logs,
         started=started,
+        usage=usage_of(result.output),
     )
 
 
-def _variables(execution: TaskExecution) -> dict[str, Any]:
-    payload = execution.payload
-    return {f"{execution.trigger}_payload": payload} if payload is not None else {}
+def run_action(action: dict[str, Any], ctx: ExecutionContext) -> ActionResult:
+    """Render the action's templates, validate the result, and run its executor."""
+    executor = executors.registry.get(str(action.get("type")))
+    missing: list[str] = []
+    rendered = render_value(action, ctx.variables, missing=missing)
+    if missing:
+        ctx.log(f"no value for {', '.join(sorted(set(missing))[:10])}; rendered as empty")
+    return executor.execute(executor.validate(rendered), ctx)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Retryable errors and unexpected ones retry; permanent and config errors do not."""
+    return isinstance(exc, RetryableError) or not isinstance(exc, ExecutorError)
+
+
+def failure_message(exc: BaseException) -> str:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "the action ran past its time limit and was interrupted"
+    return str(exc) or type(exc).__name__
+
+
+def usage_of(output: Any) -> tuple[int, int]:
+    """Claude tokens (in, out) an action reports in its result's ``usage``."""
+    usage = output.get("usage") if isinstance(output, dict) else None
+    if not isinstance(usage, dict):
+        return (0, 0)
+    values = (usage.get("inputTokens"), usage.get("outputTokens"))
+    return tuple(v if isinstance(v, int) and v >= 0 else 0 for v in values)  # type: ignore[return-value]
 
 
 def _after_failure(
@@ -250,10 +289,7 @@ def _after_failure(
     logs: list[dict[str, str]],
     started: float,
 ) -> Outcome:
-    if isinstance(exc, SoftTimeLimitExceeded):
-        message = "the action ran past its time limit and was interrupted"
-    else:
-        message = str(exc) or type(exc).__name__
+    message = failure_message(exc)
     logs.append(log_entry(f"attempt {execution.attempt} failed: {message}", "error"))
     policy = RetryPolicy.model_validate(execution.task.retry_policy or {})
     if retryable and execution.attempt <= policy.maxRetries:
@@ -329,6 +365,7 @@ def _write_outcome(
     result: Any = None,
     error: str = "",
     retry_in: float | None = None,
+    usage: tuple[int, int] = (0, 0),
 ) -> Outcome:
     now = timezone.now()
     with transaction.atomic():
@@ -349,6 +386,8 @@ def _write_outcome(
             )
             return Outcome(status="superseded")
         current.logs.extend(logs)
+        current.input_tokens += usage[0]
+        current.output_tokens += usage[1]
         current.duration_ms = int((time.monotonic() - started) * 1000)
         if retry_in is not None:
             current.next_attempt_at = now + timedelta(seconds=retry_in)
@@ -369,6 +408,19 @@ def _finish(
     execution.save()
     if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
         _record_on_task(execution.task, execution, status)
+        _notify_after_commit(execution, status)
+
+
+def _notify_after_commit(execution: TaskExecution, status: str) -> None:
+    notification = execution.task.notification or {}
+    wanted = notification.get("onSuccess" if status == ExecutionStatus.COMPLETED else "onFailure")
+    if not (wanted and notification.get("channels")):
+        return
+    execution_id = str(execution.pk)
+    transaction.on_commit(
+        lambda: current_app.send_task(NOTIFY_TASK_NAME, kwargs={"execution_id": execution_id}),
+        robust=True,
+    )
 
 
 def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) -> None:

@@ -3,8 +3,8 @@
 Runs every SCHEDULER_RECOVERY_INTERVAL seconds (a beat entry). A running execution
 whose lease ran out is re-run by whoever claims it next (the claim counts deliveries and
 gives up past SCHEDULER_MAX_DELIVERIES); a queued or retrying one that nobody started
-long after it was due is published again. Duplicate messages are harmless: claims
-drop them.
+long after it was due is published again; a chain is published again from its current
+step. Duplicate messages are harmless: claims drop them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from ..conf import scheduler_settings
 from ..models import ExecutionStatus, TaskExecution
+from .chains import chain_publish
 from .dispatch import execution_publish
 
 BATCH = 500
@@ -38,9 +39,13 @@ def executions_recover() -> int:
         candidates = (
             TaskExecution.objects.annotate(last_sent=Coalesce("enqueued_at", "queued_at"))
             .filter(lost_worker | never_started | retry_lost)
-            .only("pk", "status", "attempt")[:BATCH]
+            .only("pk", "status", "attempt", "current_step", "steps")[:BATCH]
         )
         for execution in candidates:
+            if execution.current_step is not None:
+                chain_publish(execution=execution)
+                count += 1
+                continue
             attempt = (
                 execution.attempt
                 if execution.status == ExecutionStatus.RUNNING
