@@ -1,13 +1,16 @@
 """ai-prompt: one call to Claude's Messages API through the anthropic SDK.
 
+:func:`ask_claude` is the one place that talks to Claude (also used by generate-report).
 The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself. Its own retries are off:
 Celery owns retries (overload, rate limit, 5xx and connection errors are retryable;
-other 4xx are not).
+other 4xx and missing credentials are not).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import anthropic
@@ -19,6 +22,81 @@ from .errors import PermanentError, RetryableError
 DEFAULT_MODEL_ENV = "SCHEDULER_AI_MODEL"
 FALLBACK_MODEL = "claude-sonnet-5-5"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class ClaudeAnswer:
+    text: str
+    model: str
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"inputTokens": self.input_tokens, "outputTokens": self.output_tokens}
+
+
+def default_model() -> str:
+    return os.environ.get(DEFAULT_MODEL_ENV) or FALLBACK_MODEL
+
+
+def claude_configured() -> bool:
+    """Whether credentials for the Messages API are in the environment."""
+    return bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+
+
+def ask_claude(
+    prompt: str,
+    *,
+    system: str | None = None,
+    model: str | None = None,
+    max_tokens: int = 1024,
+    temperature: float | None = None,
+    timeout: float = 60.0,
+    log: Callable[[str], None] | None = None,
+) -> ClaudeAnswer:
+    """One user message to Claude; raises RetryableError or PermanentError on failure."""
+    model = model or default_model()
+    say = log or (lambda message: None)
+    try:
+        client = anthropic.Anthropic(max_retries=0, timeout=timeout)
+    except anthropic.AnthropicError as exc:
+        raise PermanentError(f"the Anthropic client is not configured: {exc}") from None
+    request: dict[str, object] = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    if system:
+        request["system"] = system
+    if temperature is not None:
+        # No longer a named parameter of the SDK; sent as given, the API decides.
+        request["extra_body"] = {"temperature": temperature}
+    say(f"asking {model} (max {max_tokens} tokens)")
+    try:
+        message = client.messages.create(**request)  # type: ignore[call-overload]
+    except anthropic.APIStatusError as exc:
+        text = f"the Messages API answered HTTP {exc.status_code}: {_short(exc)}"
+        if exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500:
+            raise RetryableError(text) from None
+        raise PermanentError(text) from None
+    except TypeError as exc:  # the SDK found no credentials when sending
+        raise PermanentError(f"the Anthropic client is not configured: {exc}") from None
+    except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+        raise RetryableError(f"could not reach the Messages API: {type(exc).__name__}") from None
+    answer = ClaudeAnswer(
+        text="".join(block.text for block in message.content if block.type == "text"),
+        model=message.model,
+        stop_reason=message.stop_reason,
+        input_tokens=message.usage.input_tokens,
+        output_tokens=message.usage.output_tokens,
+    )
+    say(
+        f"answered: {answer.stop_reason}, {answer.input_tokens} tokens in, "
+        f"{answer.output_tokens} out"
+    )
+    return answer
 
 
 class AIPromptConfig(ActionConfig):
@@ -35,50 +113,21 @@ class AIPromptExecutor(Executor[AIPromptConfig]):
     Config = AIPromptConfig
 
     def execute(self, config: AIPromptConfig, ctx: ExecutionContext) -> ActionResult:
-        model = config.model or os.environ.get(DEFAULT_MODEL_ENV) or FALLBACK_MODEL
-        try:
-            client = anthropic.Anthropic(max_retries=0, timeout=ctx.egress.timeout * 4)
-        except anthropic.AnthropicError as exc:
-            raise PermanentError(f"the Anthropic client is not configured: {exc}") from None
-        request: dict[str, object] = {
-            "model": model,
-            "max_tokens": config.maxTokens,
-            "messages": [{"role": "user", "content": config.prompt}],
-        }
-        if config.system:
-            request["system"] = config.system
-        if config.temperature is not None:
-            # No longer a named parameter of the SDK; sent as given, the API decides.
-            request["extra_body"] = {"temperature": config.temperature}
-        ctx.log(f"asking {model} (max {config.maxTokens} tokens)")
-        try:
-            message = client.messages.create(**request)  # type: ignore[call-overload]
-        except anthropic.APIStatusError as exc:
-            text = f"the Messages API answered HTTP {exc.status_code}: {_short(exc)}"
-            if exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500:
-                raise RetryableError(text) from None
-            raise PermanentError(text) from None
-        except TypeError as exc:  # the SDK found no credentials when sending
-            raise PermanentError(f"the Anthropic client is not configured: {exc}") from None
-        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
-            raise RetryableError(
-                f"could not reach the Messages API: {type(exc).__name__}"
-            ) from None
-        text = "".join(block.text for block in message.content if block.type == "text")
-        usage = {
-            "inputTokens": message.usage.input_tokens,
-            "outputTokens": message.usage.output_tokens,
-        }
-        ctx.log(
-            f"answered: {message.stop_reason}, {usage['inputTokens']} tokens in, "
-            f"{usage['outputTokens']} out"
+        answer = ask_claude(
+            config.prompt,
+            system=config.system,
+            model=config.model,
+            max_tokens=config.maxTokens,
+            temperature=config.temperature,
+            timeout=ctx.egress.timeout * 4,
+            log=ctx.log,
         )
         return ActionResult(
             output={
-                "text": text,
-                "model": message.model,
-                "stopReason": message.stop_reason,
-                "usage": usage,
+                "text": answer.text,
+                "model": answer.model,
+                "stopReason": answer.stop_reason,
+                "usage": answer.usage,
             }
         )
 
