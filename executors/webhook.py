@@ -13,6 +13,7 @@ from .errors import PermanentError, RetryableError
 
 KEPT_HEADERS = ("content-type", "content-length", "location", "retry-after", "etag", "x-request-id")
 MAX_BODY_CHARS = 65536
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class WebhookConfig(ActionConfig):
@@ -53,6 +54,8 @@ class WebhookExecutor(Executor[WebhookConfig]):
             body["data"] = config.body.encode()
         elif config.body is not None:
             body["json"] = config.body
+        elif ctx.previous_result is not None and config.method in BODY_METHODS:
+            body["json"] = ctx.previous_result  # a chain step without a body forwards its input
         ctx.log(f"{config.method} {egress.redact(config.url)}")
         response = egress.request(
             config.method,

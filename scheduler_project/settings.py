@@ -190,11 +190,27 @@ SCHEDULER_REQUEUE_AFTER = env_int("SCHEDULER_REQUEUE_AFTER", 300)
 SCHEDULER_EGRESS_ALLOW = env_list("SCHEDULER_EGRESS_ALLOW")
 SCHEDULER_EGRESS_TIMEOUT = env_int("SCHEDULER_EGRESS_TIMEOUT", 30)
 SCHEDULER_EGRESS_MAX_BYTES = env_int("SCHEDULER_EGRESS_MAX_BYTES", 5 * 1024 * 1024)
+# The one sandbox for user code (run-code): bubblewrap, run as this uid, with these limits.
+SCHEDULER_SANDBOX_BWRAP = os.environ.get("SCHEDULER_SANDBOX_BWRAP", "bwrap")
+SCHEDULER_SANDBOX_UID = env_int("SCHEDULER_SANDBOX_UID", 65534)
+SCHEDULER_SANDBOX_PYTHON = os.environ.get("SCHEDULER_SANDBOX_PYTHON", "/usr/bin/python3")
+SCHEDULER_SANDBOX_NODE = os.environ.get("SCHEDULER_SANDBOX_NODE", "/usr/bin/node")
+SCHEDULER_SANDBOX_TIMEOUT_SECONDS = env_int("SCHEDULER_SANDBOX_TIMEOUT_SECONDS", 30)
+SCHEDULER_SANDBOX_MEMORY_MB = env_int("SCHEDULER_SANDBOX_MEMORY_MB", 256)
+SCHEDULER_SANDBOX_DISK_MB = env_int("SCHEDULER_SANDBOX_DISK_MB", 64)
+SCHEDULER_SANDBOX_PROCESSES = env_int("SCHEDULER_SANDBOX_PROCESSES", 32)
+SCHEDULER_SANDBOX_OUTPUT_BYTES = env_int("SCHEDULER_SANDBOX_OUTPUT_BYTES", 256 * 1024)
+# The address users reach this server at, for links in notifications (e.g. https://sched.example).
+SCHEDULER_PUBLIC_URL = os.environ.get("SCHEDULER_PUBLIC_URL", "").rstrip("/")
 # Web Push (VAPID): a PEM private key, or empty to make one under SCHEDULER_DATA_DIR.
 SCHEDULER_VAPID_PRIVATE_KEY = os.environ.get("SCHEDULER_VAPID_PRIVATE_KEY", "")
 SCHEDULER_VAPID_SUBJECT = os.environ.get("SCHEDULER_VAPID_SUBJECT", "mailto:admin@localhost")
 # Each user's files (file-operation, e-mail attachments, backups) live under here.
 SCHEDULER_FILES_DIR = Path(os.environ.get("SCHEDULER_FILES_DIR") or DATA_DIR / "files")
+SCHEDULER_FILES_MAX_READ_BYTES = env_int("SCHEDULER_FILES_MAX_READ_BYTES", 1024 * 1024)
+SCHEDULER_FILES_MAX_WRITE_BYTES = env_int("SCHEDULER_FILES_MAX_WRITE_BYTES", 10 * 1024 * 1024)
+SCHEDULER_FILES_MAX_ARCHIVE_BYTES = env_int("SCHEDULER_FILES_MAX_ARCHIVE_BYTES", 1024**3)
+SCHEDULER_FILES_MAX_ENTRIES = env_int("SCHEDULER_FILES_MAX_ENTRIES", 10_000)
 
 # --- Celery ------------------------------------------------------------------------
 # localfs:// is kombu's filesystem transport with atomic writes (scheduler_project.transport).

@@ -14,16 +14,7 @@ from .models import ActionType
 
 # Action types whose executors arrive in their own issue; creating one answers
 # "not available yet". Remove a type from here when its executor is registered.
-PLANNED_ACTION_TYPES = frozenset(
-    {
-        ActionType.RUN_CODE,
-        ActionType.GENERATE_REPORT,
-        ActionType.WEB_SCRAPE,
-        ActionType.CHAIN,
-        ActionType.FILE_OPERATION,
-        ActionType.GOOGLE_WORKSPACE,
-    }
-)
+PLANNED_ACTION_TYPES: frozenset[str] = frozenset()
 
 
 @register(Tags.compatibility)

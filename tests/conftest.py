@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.broker import memory_broker  # noqa: F401 - a fixture for every test module
 from tests.http_receiver import Receiver
 from tests.services import CI, POSTGRES, reachable
 

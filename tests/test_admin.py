@@ -74,14 +74,13 @@ def test_wrong_cron_is_refused_on_the_form(client: Any, operator: Any) -> None:
     assert not ScheduledTask.objects.exists() and not PeriodicTask.objects.exists()
 
 
-def test_unavailable_action_type_is_refused_on_the_form(client: Any, operator: Any) -> None:
+def test_wrong_action_config_is_refused_on_the_form(client: Any, operator: Any) -> None:
     response = client.post(
         ADD_URL, form(operator, action=json.dumps({"type": "run-code", "code": "print(1)"}))
     )
     assert response.status_code == 200
-    assert "action.type: action type &#x27;run-code&#x27; is not available yet" in (
-        response.content.decode()
-    )
+    assert "action.language: Field required" in response.content.decode()
+    assert not ScheduledTask.objects.exists()
 
 
 def test_bulk_pause_resume_and_run_now(

@@ -96,7 +96,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("no action", make(action=...), "action"),
     ("action not object", make(action="ping"), "action"),
     ("unknown action type", make(action={"type": "teleport"}), "action.type"),
-    ("action not available yet", make(action={"type": "run-code", "code": "1"}), "action.type"),
+    (
+        "run-code without language",
+        make(action={"type": "run-code", "code": "1"}),
+        "action.language",
+    ),
     ("webhook without url", make(action={"type": "webhook"}), "action.url"),
     ("webhook ftp url", make(action=action(url="ftp://example.com/x")), "action.url"),
     ("webhook relative url", make(action=action(url="/hook")), "action.url"),

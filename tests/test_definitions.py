@@ -81,9 +81,7 @@ def test_create_recurring_stores_every_field(user: Any) -> None:
     assert stored.action == {"type": "webhook", "url": "https://example.com/r", "method": "put"}
     assert stored.retry_policy == {"maxRetries": 3, "backoffMs": 500}
     assert stored.notification == {"onFailure": True, "channels": ["email"]}
-    assert stored.conditions == [
-        {"type": "time", "operator": "greater", "value": "09:00"}
-    ]
+    assert stored.conditions == [{"type": "time", "operator": "greater", "value": "09:00"}]
     assert stored.status == TaskStatus.ACTIVE
     assert stored.run_count == 0
     assert stored.last_run is None
@@ -180,8 +178,8 @@ def test_create_refuses_unknown_fields(user: Any) -> None:
         ({"type": "sometimes"}, "type", "must be one of one-time, recurring, trigger"),
         (
             {"type": "recurring", "cron": "* * * * *", "action": {"type": "run-code"}},
-            "action.type",
-            "action type 'run-code' is not available yet",
+            "action.language",
+            "Field required",
         ),
         (
             {"type": "recurring", "cron": "* * * * *", "action": {"type": "teleport"}},
@@ -426,7 +424,7 @@ def test_clean_maps_paths_to_model_fields(user: Any) -> None:
         type="recurring",
         cron="not cron",
         timezone="UTC",
-        action={"type": "run-code"},
+        action={"type": "run-code", "language": "cobol", "code": "x"},
         retry_policy={"maxRetries": -3},
         notification={"channels": ["fax"]},
         conditions="nope",
@@ -442,7 +440,7 @@ def test_clean_maps_paths_to_model_fields(user: Any) -> None:
         "notification",
         "retry_policy",
     ]
-    assert errors["action"] == ["action.type: action type 'run-code' is not available yet"]
+    assert errors["action"] == ["action.language: Input should be 'python' or 'javascript'"]
     assert errors["name"] == ["name: is required"]
     assert errors["conditions"] == ["conditions: must be a list"]
     assert errors["notification"][0].startswith("notification.channels[0]: Input should be")

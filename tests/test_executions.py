@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from celery import current_app
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -31,6 +30,7 @@ from tasks_app.models import (
 from tasks_app.services import dispatch, executions, recovery
 from tasks_app.services.definitions import task_create, task_pause, task_resume, task_update
 from tasks_app.tasks import run_task
+from tests.broker import published
 from tests.http_receiver import Receiver, Reply
 
 pytestmark = pytest.mark.django_db
@@ -51,32 +51,6 @@ def conf(settings: Any) -> Any:
 @pytest.fixture
 def hook(receiver: Receiver, egress_allow_loopback: None, conf: Any) -> Receiver:
     return receiver
-
-
-@pytest.fixture
-def memory_broker() -> Iterator[Any]:
-    """Publish to Celery's in-memory transport instead of the embedded filesystem queue."""
-    app = current_app._get_current_object()
-    saved = (app.conf.broker_url, app.conf.broker_transport_options)
-    app.conf.broker_url, app.conf.broker_transport_options = "memory://", {}
-    app._after_fork()  # drop cached connection/producer pools
-    with app.connection_for_read() as conn:
-        conn.SimpleQueue("celery").clear()
-    yield app
-    app.conf.broker_url, app.conf.broker_transport_options = saved
-    app._after_fork()
-
-
-def published(app: Any) -> list[tuple[str, dict[str, Any]]]:
-    messages = []
-    with app.connection_for_read() as conn:
-        queue = conn.SimpleQueue("celery")
-        while queue.qsize():
-            message = queue.get(timeout=1)
-            _args, kwargs, _embed = message.payload
-            messages.append((message.headers["task"], kwargs))
-            message.ack()
-    return messages
 
 
 def webhook_task(

@@ -4,6 +4,8 @@ from rest_framework.routers import SimpleRouter
 from .calendar import CalendarView
 from .executions import ExecutionView
 from .health import HealthView
+from .push import PushKeyView, PushSubscriptionListView, PushSubscriptionView
+from .reports import ReportDownloadView, ReportListView, ReportView
 from .schedules import SchedulePreviewView
 from .stats import StatsView
 from .tasks import TaskViewSet
@@ -18,5 +20,11 @@ urlpatterns = [
     path("schedules/preview", SchedulePreviewView.as_view(), name="schedule-preview"),
     path("stats", StatsView.as_view(), name="stats"),
     path("calendar", CalendarView.as_view(), name="calendar"),
+    path("reports", ReportListView.as_view(), name="report-list"),
+    path("reports/<uuid:pk>", ReportView.as_view(), name="report"),
+    path("reports/<uuid:pk>/download", ReportDownloadView.as_view(), name="report-download"),
+    path("push/key", PushKeyView.as_view(), name="push-key"),
+    path("push/subscriptions", PushSubscriptionListView.as_view(), name="push-subscriptions"),
+    path("push/subscriptions/<uuid:pk>", PushSubscriptionView.as_view(), name="push-subscription"),
     *router.urls,
 ]

@@ -22,6 +22,7 @@ from celery import chain, current_app
 from django.db import transaction
 from django.utils import timezone
 
+from executors.chain import flatten
 from executors.errors import ExecutorError
 
 from ..conf import RUN_STEP_NAME, scheduler_settings
@@ -69,7 +70,7 @@ def _locked(execution_id: Any) -> TaskExecution | None:
 
 def chain_start(*, execution: TaskExecution, logs: list[dict[str, str]], started: float) -> Outcome:
     """Record the steps and publish the chain (the caller holds the execution's claim)."""
-    steps = execution.task.action.get("tasks", [])
+    steps = flatten(execution.task.action.get("tasks", []))
     now = timezone.now()
     with transaction.atomic():
         current = _locked(execution.pk)
@@ -169,7 +170,7 @@ def step_claim(*, execution_id: str, step: int, attempt: int, worker: str) -> Ta
 def step_run(*, execution: TaskExecution, step: int) -> StepOutcome:
     """Run the claimed step and record what happened."""
     record = execution.steps[step]
-    action = execution.task.action["tasks"][step]
+    action = flatten(execution.task.action["tasks"])[step]
     previous = execution.steps[step - 1].get("result") if step else None
     logs: list[dict[str, str]] = []
     ctx = execution_context(

@@ -29,7 +29,11 @@ class Host:
     def report_data(self, *, period_days: int) -> dict[str, Any]:
         from .reports import report_data
 
-        return report_data(owner=self.execution.task.owner, period_days=period_days)
+        return report_data(
+            owner=self.execution.task.owner,
+            period_days=period_days,
+            exclude_execution_id=str(self.execution.pk),
+        )
 
     def save_report(self, *, title: str, html: str, markdown: str) -> dict[str, Any]:
         from .reports import report_save
