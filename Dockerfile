@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY scheduler_project ./scheduler_project
 COPY tasks_app ./tasks_app
 COPY executors ./executors
-COPY manage.py Procfile ./
+COPY manage.py Procfile gunicorn.conf.py ./
 RUN pip install --no-cache-dir . \
     && SCHEDULER_DATA_DIR=/tmp/build python manage.py collectstatic --noinput \
     && rm -rf /tmp/build && useradd --create-home app && mkdir -p /data && chown app /data

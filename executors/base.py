@@ -61,6 +61,8 @@ class ExecutionContext:
     #: Seconds this attempt may still run (the Celery soft time limit minus what is spent).
     time_budget: float = 600.0
     host: ExecutionHost | None = None
+    #: How many triggers led to this run; outbound requests carry it (loop protection).
+    trigger_depth: int = 0
 
 
 @dataclass(frozen=True)

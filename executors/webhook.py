@@ -14,6 +14,8 @@ from .errors import PermanentError, RetryableError
 KEPT_HEADERS = ("content-type", "content-length", "location", "retry-after", "etag", "x-request-id")
 MAX_BODY_CHARS = 65536
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Tells our own inbound endpoints how many triggers deep a request is (loop protection).
+DEPTH_HEADER = "X-Scheduler-Trigger-Depth"
 
 
 class WebhookConfig(ActionConfig):
@@ -48,7 +50,11 @@ class WebhookExecutor(Executor[WebhookConfig]):
     Config = WebhookConfig
 
     def execute(self, config: WebhookConfig, ctx: ExecutionContext) -> ActionResult:
-        headers = {"Idempotency-Key": ctx.idempotency_key, **config.headers}
+        headers = {
+            "Idempotency-Key": ctx.idempotency_key,
+            DEPTH_HEADER: str(ctx.trigger_depth + 1),
+            **config.headers,
+        }
         body: dict[str, Any] = {}
         if isinstance(config.body, str):
             body["data"] = config.body.encode()

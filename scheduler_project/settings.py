@@ -158,6 +158,8 @@ REST_FRAMEWORK = {
         "task-write": os.environ.get("SCHEDULER_THROTTLE_WRITES", "120/min"),
         "task-run": os.environ.get("SCHEDULER_THROTTLE_RUNS", "120/min"),
         "preview": os.environ.get("SCHEDULER_THROTTLE_PREVIEWS", "300/min"),
+        "webhook": os.environ.get("SCHEDULER_THROTTLE_WEBHOOKS", "120/min"),
+        "event": os.environ.get("SCHEDULER_THROTTLE_EVENTS", "120/min"),
     },
 }
 # Request bodies above this are answered 413.
@@ -200,6 +202,8 @@ SCHEDULER_SANDBOX_MEMORY_MB = env_int("SCHEDULER_SANDBOX_MEMORY_MB", 256)
 SCHEDULER_SANDBOX_DISK_MB = env_int("SCHEDULER_SANDBOX_DISK_MB", 64)
 SCHEDULER_SANDBOX_PROCESSES = env_int("SCHEDULER_SANDBOX_PROCESSES", 32)
 SCHEDULER_SANDBOX_OUTPUT_BYTES = env_int("SCHEDULER_SANDBOX_OUTPUT_BYTES", 256 * 1024)
+# Inbound webhook bodies larger than this answer 413.
+SCHEDULER_WEBHOOK_MAX_BYTES = env_int("SCHEDULER_WEBHOOK_MAX_BYTES", 256 * 1024)
 # The address users reach this server at, for links in notifications (e.g. https://sched.example).
 SCHEDULER_PUBLIC_URL = os.environ.get("SCHEDULER_PUBLIC_URL", "").rstrip("/")
 # Web Push (VAPID): a PEM private key, or empty to make one under SCHEDULER_DATA_DIR.
@@ -282,8 +286,31 @@ else:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact_secrets": {"()": "scheduler_project.logfilters.RedactSecrets"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        },
+        "django.server": {
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact_secrets"],
+        },
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # runserver's access log: the request line holds the query string
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+    },
 }

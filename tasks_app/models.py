@@ -11,7 +11,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django_celery_beat.models import PeriodicTask
 
-from .fields import EncryptedJSONField
+from .fields import EncryptedJSONField, EncryptedTextField
 
 
 class TaskType(models.TextChoices):
@@ -244,6 +244,9 @@ class TaskExecution(models.Model):
     input_tokens = models.PositiveBigIntegerField(default=0, help_text="Claude tokens in")
     output_tokens = models.PositiveBigIntegerField(default=0, help_text="Claude tokens out")
     notified_at = models.DateTimeField(null=True, blank=True)
+    trigger_depth = models.PositiveSmallIntegerField(
+        default=0, help_text="How many triggers led here (loop protection)"
+    )
 
     class Meta:
         db_table = "task_executions"
@@ -285,8 +288,14 @@ class TaskWebhook(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     task = models.ForeignKey(ScheduledTask, on_delete=models.CASCADE, related_name="webhooks")
     webhook_id = models.CharField(max_length=64, unique=True)
-    secret = models.CharField(max_length=128)
+    secret = EncryptedTextField(help_text="Encrypted at rest; shown once when made")
+    previous_secret = EncryptedTextField(null=True, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    require_signature = models.BooleanField(
+        default=False, help_text="Accept only Standard Webhooks signatures, not a bare secret"
+    )
     active = models.BooleanField(default=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -296,6 +305,42 @@ class TaskWebhook(models.Model):
 
     def __str__(self) -> str:
         return self.webhook_id
+
+
+class WebhookDelivery(models.Model):
+    """A ``webhook-id`` already seen on a webhook: a replay answers as the first did."""
+
+    webhook = models.ForeignKey(TaskWebhook, on_delete=models.CASCADE, related_name="deliveries")
+    delivery_id = models.CharField(max_length=255)
+    execution = models.ForeignKey(
+        TaskExecution, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    status_code = models.PositiveSmallIntegerField(default=202)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "webhook_deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["webhook", "delivery_id"], name="one_delivery_per_id")
+        ]
+        indexes = [models.Index(fields=["received_at"], name="delivery_received")]
+
+    def __str__(self) -> str:
+        return self.delivery_id
+
+
+class TaskMailbox(models.Model):
+    """The inbound e-mail address of an email-triggered task: <local_part>@<domain>."""
+
+    task = models.OneToOneField(ScheduledTask, on_delete=models.CASCADE, related_name="mailbox")
+    local_part = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "task_mailboxes"
+
+    def __str__(self) -> str:
+        return self.local_part
 
 
 class UserVariable(models.Model):

@@ -48,11 +48,34 @@ class Notification(Spec):
         return self
 
 
+class WebhookTriggerConfig(Spec):
+    requireSignature: bool = False
+
+
+class EmailTriggerConfig(Spec):
+    #: Only mail from these addresses (or ``@domain``) starts the task; empty: anyone.
+    allowedSenders: list[str] = Field(default_factory=list, max_length=100)
+
+
+class EventTriggerConfig(Spec):
+    event: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    #: For task.completed / task.failed: only when this task is the source.
+    taskId: str | None = Field(default=None, max_length=36)
+
+
+TRIGGER_CONFIGS: dict[str, type[Spec]] = {
+    "webhook": WebhookTriggerConfig,
+    "email": EmailTriggerConfig,
+    "event": EventTriggerConfig,
+}
+
+
 class Trigger(Spec):
     type: Literal["webhook", "email", "event"]
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+JSON_PATH = r"(?:[A-Za-z0-9_\-]+|\[\d{1,6}\])(?:\.[A-Za-z0-9_\-]+|\[\d{1,6}\])*"
 TIME_OF_DAY = r"^([01]\d|2[0-3]):[0-5]\d$"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -80,6 +103,10 @@ class Condition(Spec):
             raise ValueError("only an api-response condition has a url")
         if self.operator != "exists" and self.value is None:
             raise ValueError(f"the {self.operator} operator needs a value")
+        if self.operator == "exists" and self.value not in (None, True, False):
+            raise ValueError("exists takes no value, or true / false")
+        if self.type == "api-response" and self.field and not re.fullmatch(JSON_PATH, self.field):
+            raise ValueError("an api-response field is a JSON path like data.items[0].status")
         if self.type == "time":
             self._check_time()
         return self

@@ -22,7 +22,7 @@ from executors.errors import ConfigError
 
 from . import cron as cronlib
 from .models import ActionType, TaskType
-from .specs import Conditions, Notification, RetryPolicy, Trigger
+from .specs import TRIGGER_CONFIGS, Conditions, Notification, RetryPolicy, Trigger
 
 if TYPE_CHECKING:
     from .models import ScheduledTask
@@ -105,6 +105,11 @@ def validate_task(task: ScheduledTask) -> None:
             errors.add("trigger", "is required for a trigger task")
         else:
             errors.spec("trigger", Trigger, task.trigger)
+            kind = task.trigger.get("type") if isinstance(task.trigger, dict) else None
+            trigger_ok = not any(path.startswith("trigger") for path in errors.by_path)
+            if trigger_ok and kind in TRIGGER_CONFIGS:
+                config = task.trigger.get("config", {})
+                errors.spec("trigger.config", TRIGGER_CONFIGS[kind], config)
     elif task.trigger is not None:
         errors.add("trigger", "only a trigger task has a trigger")
     validate_action(task.action, errors)

@@ -5,21 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.urls import path
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from rest_framework.throttling import ScopedRateThrottle
 
-from tasks_app.api.variables import MAX_VARIABLES, VariableListView, VariableView
+from tasks_app.api.variables import MAX_VARIABLES
 from tasks_app.models import UserVariable
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
+pytestmark = pytest.mark.django_db
 
 # Routed here until tasks_app/api/urls.py carries the same lines (under /api/).
-urlpatterns = [
-    path("api/variables", VariableListView.as_view(), name="variables"),
-    path("api/variables/<str:name>", VariableView.as_view(), name="variable"),
-]
 
 
 def client_for(django_user_model: Any, username: str, **extra: Any) -> APIClient:

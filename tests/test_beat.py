@@ -244,7 +244,7 @@ def task(django_user_model: Any) -> ScheduledTask:
         owner=owner,
         name="beat target",
         type="trigger",
-        trigger={"type": "event"},
+        trigger={"type": "event", "config": {"event": "x"}},
         action={"type": "webhook", "url": "https://example.com/hook"},
     )
 

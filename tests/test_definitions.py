@@ -370,12 +370,14 @@ def test_editing_a_finished_one_time_task_without_new_time_keeps_it_finished(use
 
 def test_change_type_from_recurring_to_trigger(user: Any) -> None:
     task = recurring(user)
-    task_update(task=task, type="trigger", cron="", trigger={"type": "event", "config": {}})
+    task_update(
+        task=task, type="trigger", cron="", trigger={"type": "event", "config": {"event": "x"}}
+    )
     stored = ScheduledTask.objects.get(pk=task.pk)
     assert (stored.type, stored.cron, stored.trigger) == (
         "trigger",
         "",
-        {"type": "event", "config": {}},
+        {"type": "event", "config": {"event": "x"}},
     )
 
 
@@ -550,7 +552,11 @@ def test_recurring_task_needs_cron_in_the_database(user: Any) -> None:
 
 def test_trigger_task_needs_trigger_in_the_database(user: Any) -> None:
     task = task_create(
-        owner=user, name="t", type="trigger", action=WEBHOOK, trigger={"type": "event"}
+        owner=user,
+        name="t",
+        type="trigger",
+        action=WEBHOOK,
+        trigger={"type": "event", "config": {"event": "x"}},
     )
     expect_integrity_error(lambda: ScheduledTask.objects.filter(pk=task.pk).update(trigger=None))
     expect_integrity_error(

@@ -642,7 +642,7 @@ def test_run_now_with_a_trigger_payload(user: Any, django_capture_on_commit_call
         owner=user,
         name="t",
         type="trigger",
-        trigger={"type": "event"},
+        trigger={"type": "event", "config": {"event": "x"}},
         action={"type": "webhook", "url": "https://example.com"},
     )
     with django_capture_on_commit_callbacks() as callbacks:

@@ -17,13 +17,11 @@ import http_ece
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from django.urls import include, path
 from django.utils import timezone
 from py_vapid.jwt import decode as decode_jwt
 from rest_framework.test import APIClient
 
 from tasks_app import vapid
-from tasks_app.api.push import PushKeyView, PushSubscriptionListView, PushSubscriptionView
 from tasks_app.models import (
     ExecutionStatus,
     ExecutionTrigger,
@@ -39,13 +37,6 @@ from tests.smtp_inbox import Inbox, smtp_fixture  # noqa: F401 - the smtp fixtur
 
 pytestmark = pytest.mark.django_db
 
-# The routes as the API mounts them (used by the API tests through pytest.mark.urls).
-push_urls = [
-    path("push/key", PushKeyView.as_view(), name="push-key"),
-    path("push/subscriptions", PushSubscriptionListView.as_view(), name="push-subscriptions"),
-    path("push/subscriptions/<uuid:pk>", PushSubscriptionView.as_view(), name="push-subscription"),
-]
-urlpatterns = [path("api/", include(push_urls))]
 
 ERROR = "POST https://api.example.com/x answered 503: upstream down"
 
@@ -433,7 +424,6 @@ def subscription_json(endpoint: str = "https://push.example.net/send/abc") -> di
     return {"endpoint": endpoint, "keys": {"p256dh": browser.p256dh, "auth": b64url(browser.auth)}}
 
 
-@pytest.mark.urls(__name__)
 def test_api_key_and_subscriptions(owner: Any, django_user_model: Any, vapid_dir: Any) -> None:
     alice, bob = client_for(owner), client_for(django_user_model.objects.create(username="bob"))
 
@@ -461,7 +451,6 @@ def test_api_key_and_subscriptions(owner: Any, django_user_model: Any, vapid_dir
     assert APIClient().get("/api/push/subscriptions").status_code in {401, 403}
 
 
-@pytest.mark.urls(__name__)
 @pytest.mark.parametrize(
     ("change", "path"),
     [

@@ -49,7 +49,11 @@ def one_time(owner: Any, run_at: datetime | None = None) -> ScheduledTask:
 
 def trigger(owner: Any) -> ScheduledTask:
     return task_create(
-        owner=owner, name="trig", type="trigger", action=WEBHOOK, trigger={"type": "event"}
+        owner=owner,
+        name="trig",
+        type="trigger",
+        action=WEBHOOK,
+        trigger={"type": "event", "config": {"event": "x"}},
     )
 
 

@@ -107,6 +107,19 @@ def components() -> dict[str, Any]:
             "attempt": {"type": "integer"},
             "result": {},
             "error": {"type": "string", "nullable": True},
+            "usage": {
+                "type": "object",
+                "properties": {
+                    "inputTokens": {"type": "integer"},
+                    "outputTokens": {"type": "integer"},
+                },
+            },
+            "steps": {
+                "type": "array",
+                "description": "Chains: one entry per step (index, type, status, attempt, "
+                "result, error, durationMs)",
+                "items": {"type": "object"},
+            },
             "logs": {"type": "array", "items": {"type": "object"}},
         },
     }

@@ -69,6 +69,8 @@ def execution_to_json(execution: TaskExecution, *, logs: bool = True) -> dict[st
         "attempt": execution.attempt,
         "result": execution.result,
         "error": execution.error or None,
+        "usage": {"inputTokens": execution.input_tokens, "outputTokens": execution.output_tokens},
+        "steps": execution.steps,
     }
     if logs:
         data["logs"] = execution.logs

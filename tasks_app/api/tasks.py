@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 
 from django.db import transaction
@@ -23,11 +22,12 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 from .. import selectors
-from ..models import ScheduledTask, TaskStatus, TaskType, TaskWebhook, TriggerType
-from ..services import definitions, dispatch
+from ..models import ScheduledTask, TaskStatus, TaskType, TriggerType
+from ..services import definitions, dispatch, triggers
 from . import openapi
 from .common import caller, int_param, path_errors
 from .payloads import PayloadError, execution_to_json, parse_owner, parse_task, task_to_json
+from .webhooks import hook_to_json
 
 
 class TaskPagination(LimitOffsetPagination):
@@ -167,7 +167,12 @@ LIMIT = OpenApiParameter("limit", int, description="how many, newest first")
         },
     ),
     webhook=extend_schema(
-        request=None,
+        request={
+            "application/json": {
+                "type": "object",
+                "properties": {"requireSignature": {"type": "boolean"}},
+            }
+        },
         responses={
             201: {
                 "type": "object",
@@ -175,6 +180,7 @@ LIMIT = OpenApiParameter("limit", int, description="how many, newest first")
                     "webhookId": {"type": "string"},
                     "webhookUrl": {"type": "string"},
                     "secret": {"type": "string"},
+                    "requireSignature": {"type": "boolean"},
                 },
             },
             400: ERRORS,
@@ -324,10 +330,11 @@ class TaskViewSet(viewsets.ViewSet):
         task = self._task(request, pk)
         if task.type != TaskType.TRIGGER or (task.trigger or {}).get("type") != TriggerType.WEBHOOK:
             raise PayloadError({"trigger.type": ["only webhook-triggered tasks have webhook URLs"]})
-        hook = TaskWebhook.objects.create(
-            task=task, webhook_id=secrets.token_urlsafe(18), secret=secrets.token_urlsafe(32)
-        )
-        url = request.build_absolute_uri(f"/api/webhooks/{hook.webhook_id}")
-        return Response(
-            {"webhookId": hook.webhook_id, "webhookUrl": url, "secret": hook.secret}, status=201
-        )
+        body = request.data if request.data else {}
+        if not isinstance(body, dict) or set(body) - {"requireSignature"}:
+            raise PayloadError({"(body)": ["only requireSignature may be given"]})
+        required = body.get("requireSignature")
+        if required is not None and not isinstance(required, bool):
+            raise PayloadError({"requireSignature": ["must be true or false"]})
+        hook, secret = triggers.webhook_create(task=task, require_signature=required)
+        return Response({**hook_to_json(request, hook), "secret": secret}, status=201)

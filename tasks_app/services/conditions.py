@@ -8,6 +8,7 @@ applies), not a skip: nobody knows yet whether the condition holds.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,6 +21,7 @@ from ..models import ScheduledTask, UserVariable
 from ..specs import WEEKDAYS, Condition
 
 DEFAULT_VARIABLE = "environment"
+JSON_PATH = re.compile(r"(?:\.[A-Za-z0-9_\-]+|\[\d{1,6}\])+")
 
 
 def conditions_unmet(
@@ -74,17 +76,18 @@ def _api_value(condition: Condition, policy: egress.EgressPolicy) -> Any:
     if not condition.field:
         return body
     path = condition.field if condition.field.startswith("[") else f".{condition.field}"
-    found = lookup({"body": body}, "body", path)
-    return found
+    if not JSON_PATH.fullmatch(path):
+        return MISSING
+    return lookup({"body": body}, "body", path)
 
 
 def _holds(condition: Condition, actual: Any) -> bool:
     op, expected = condition.operator, condition.value
     if op == "exists":
         present = actual is not MISSING and actual is not None
-        return present if expected in (None, True) else not present
+        return present if expected is not False else not present
     if actual is MISSING:
-        return False
+        return op == "notEquals"
     if condition.type == "time" and condition.field == "weekday":
         days = {
             str(day).lower()[:3] for day in (expected if isinstance(expected, list) else [expected])
@@ -95,18 +98,26 @@ def _holds(condition: Condition, actual: Any) -> bool:
     if op == "contains":
         if isinstance(actual, str):
             return str(expected) in actual
-        if isinstance(actual, list | dict):
-            return expected in actual
+        if isinstance(actual, list):
+            return any(_same(item, expected) for item in actual)
+        if isinstance(actual, dict):
+            return isinstance(expected, str) and expected in actual
         return False
     return _compare(actual, expected, greater=op == "greater")
 
 
 def _same(actual: Any, expected: Any) -> bool:
-    if isinstance(actual, int | float) and isinstance(expected, str):
-        try:
-            return float(expected) == actual
-        except ValueError:
-            return False
+    """Equal, where a number and its decimal text count as the same value either way."""
+    for number, text in ((actual, expected), (expected, actual)):
+        if (
+            isinstance(number, int | float)
+            and not isinstance(number, bool)
+            and isinstance(text, str)
+        ):
+            try:
+                return float(text) == number
+            except ValueError:
+                return False
     return bool(actual == expected)
 
 

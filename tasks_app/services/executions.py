@@ -222,7 +222,9 @@ def execution_run(*, execution: TaskExecution) -> Outcome:
     )
     started = time.monotonic()
     try:
-        reason = conditions_unmet(task=task, now=timezone.now(), policy=ctx.egress, log=ctx.log)
+        # A scheduled run is judged at its nominal time, so a late start does not change it.
+        moment = execution.scheduled_for or timezone.now()
+        reason = conditions_unmet(task=task, now=moment, policy=ctx.egress, log=ctx.log)
         if reason is not None:
             logs.append(log_entry(f"skipped: {reason}"))
             return execution_finish(
@@ -409,6 +411,9 @@ def _finish(
     if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
         _record_on_task(execution.task, execution, status)
         _notify_after_commit(execution, status)
+        from .triggers import system_event_emit
+
+        system_event_emit(execution=execution, status=status)
 
 
 def _notify_after_commit(execution: TaskExecution, status: str) -> None:

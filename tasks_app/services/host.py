@@ -97,4 +97,5 @@ def execution_context(
         task_name=execution.task.name,
         time_budget=float(settings.CELERY_TASK_SOFT_TIME_LIMIT),
         host=Host(execution),
+        trigger_depth=execution.trigger_depth,
     )

@@ -35,6 +35,7 @@ from requests.structures import CaseInsensitiveDict
 from executors import egress
 from executors.egress import EgressPolicy, EgressResponse
 from executors.errors import ExecutorError
+from executors.webhook import DEPTH_HEADER
 
 from .. import vapid
 from ..conf import scheduler_settings
@@ -200,7 +201,10 @@ def _send_webhook(execution: TaskExecution, spec: Notification, logs: Logs) -> b
         url,
         _policy(),
         json=webhook_payload(execution),
-        headers={"Idempotency-Key": f"notify-{execution.pk}"},
+        headers={
+            "Idempotency-Key": f"notify-{execution.pk}",
+            DEPTH_HEADER: str(execution.trigger_depth + 1),
+        },
     )
     if not 200 <= response.status < 300:
         raise NotifyFailed(f"{origin(url)} answered HTTP {response.status}")
