@@ -206,6 +206,8 @@ def test_put_replaces_and_the_executor_can_use_what_is_stored(
         (authorized_user(subject="someone@example.com"), "subject"),
         ({**authorized_user(), "type": "external_account"}, "type"),
         ({"client_id": "x"}, "type"),
+        ({**service_account(), "type": {}}, "type"),
+        ({**service_account(), "type": ["service_account"]}, "type"),
         (["not", "an", "object"], "(body)"),
         (authorized_user(client_secret="nul\x00"), "client_secret"),
     ],

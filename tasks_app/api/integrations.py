@@ -154,7 +154,7 @@ def parse_credentials(data: Any) -> dict[str, Any]:
     if bad:
         raise PayloadError({bad[0]: [bad[1]]})
     kind = data.get("type")
-    if kind not in REQUIRED:
+    if not isinstance(kind, str) or kind not in REQUIRED:
         raise PayloadError({"type": [f"must be {SERVICE_ACCOUNT!r} or {AUTHORIZED_USER!r}"]})
     if kind == AUTHORIZED_USER and data.get("subject"):
         raise PayloadError({"subject": ["only a service account acts for another mailbox"]})

@@ -32,6 +32,8 @@ def web(
             "SCHEDULER_THROTTLE_WRITES": "100000/min",
             "SCHEDULER_THROTTLE_RUNS": "100000/min",
             "SCHEDULER_THROTTLE_PREVIEWS": "100000/min",
+            "SCHEDULER_THROTTLE_WEBHOOKS": "100000/min",
+            "SCHEDULER_THROTTLE_EVENTS": "100000/min",
         }
     )
     try:
