@@ -96,6 +96,19 @@ def _public(address: IPAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
+def check_http_url(value: str) -> str:
+    """``value`` if it is an absolute http(s) URL with a host and a valid port, else
+    ValueError (for the ``url`` field validators of action configs)."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - raises on a port outside 0-65535
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value
+
+
 def check_url(url: str, policy: EgressPolicy) -> None:
     """Raise EgressRefused unless ``url`` may be fetched under ``policy``."""
     parts = urlsplit(url)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from email.message import Message
 from typing import Any, ClassVar, Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import soupsieve
 from bs4 import BeautifulSoup, CData, NavigableString, Tag
@@ -66,14 +66,7 @@ class WebScrapeConfig(ActionConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        try:
-            parts.port  # noqa: B018 - raises on a port outside 0-65535
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        return value
+        return egress.check_http_url(value)
 
     @field_validator("attribute")
     @classmethod

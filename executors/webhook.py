@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, field_validator
 
@@ -35,14 +34,7 @@ class WebhookConfig(ActionConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        try:
-            parts.port  # noqa: B018 - raises on a port outside 0-65535
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        return value
+        return egress.check_http_url(value)
 
 
 class WebhookExecutor(Executor[WebhookConfig]):
