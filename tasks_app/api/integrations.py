@@ -28,6 +28,7 @@ from rest_framework.views import APIView
 
 from ..models import GoogleCredential
 from ..storable import unstorable
+from . import openapi
 from .common import caller, path_errors
 from .payloads import PayloadError
 
@@ -49,11 +50,7 @@ MAX_FIELD_CHARS = 2048
 MAX_KEY_CHARS = 16_384  # a PEM RSA key of 4096 bits is about 3.3 kB
 WRITE_METHODS = frozenset({"PUT", "DELETE"})
 
-ERRORS = {
-    "type": "object",
-    "additionalProperties": {"type": "array", "items": {"type": "string"}},
-    "description": "field path -> reasons (never the values)",
-}
+ERRORS = {**openapi.ERRORS, "description": "field path -> reasons (never the values)"}
 SUMMARY = {
     "type": "object",
     "properties": {

@@ -14,9 +14,29 @@ from ..specs import Condition, Notification, RetryPolicy, Trigger
 
 REF = "#/components/schemas/{model}"
 
+#: The body of a 400 (and 403/413) answer: each field path with its reasons.
+ERRORS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    "description": "field path -> reasons",
+}
+
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
+
+
+def page(items: dict[str, Any]) -> dict[str, Any]:
+    """A LimitOffsetPagination answer whose ``results`` are ``items``."""
+    return {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer"},
+            "next": {"type": "string", "nullable": True},
+            "previous": {"type": "string", "nullable": True},
+            "results": {"type": "array", "items": items},
+        },
+    }
 
 
 def _model(schemas: dict[str, Any], name: str, model: type[BaseModel]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 
 from .. import vapid
 from ..models import PushSubscription
+from . import openapi
 from .common import caller, path_errors
 from .payloads import PayloadError
 
@@ -50,11 +51,7 @@ SUBSCRIPTION_INPUT = inline_serializer(
         ),
     },
 )
-ERRORS = {
-    "type": "object",
-    "additionalProperties": {"type": "array", "items": {"type": "string"}},
-    "description": "field path -> reasons",
-}
+ERRORS = openapi.ERRORS
 BROWSER_SUBSCRIPTION = OpenApiExample(
     "A browser's PushSubscription.toJSON()",
     request_only=True,

@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 
 from ..models import Report
 from ..services.reports import report_links, reports_of
+from . import openapi
 from .common import caller, path_errors
 from .payloads import PayloadError
 
@@ -33,11 +34,7 @@ HTML_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; sandbox"
 )
-ERRORS = {
-    "type": "object",
-    "additionalProperties": {"type": "array", "items": {"type": "string"}},
-    "description": "field path -> reasons",
-}
+ERRORS = openapi.ERRORS
 NOT_FOUND = {"type": "object", "properties": {"detail": {"type": "string"}}}
 REPORT_FIELDS: dict[str, Any] = {
     "id": {"type": "string", "format": "uuid"},
@@ -50,15 +47,7 @@ REPORT_FIELDS: dict[str, Any] = {
 }
 REPORT = {"type": "object", "properties": REPORT_FIELDS}
 REPORT_DETAIL = {"type": "object", "properties": {**REPORT_FIELDS, "markdown": {"type": "string"}}}
-PAGE = {
-    "type": "object",
-    "properties": {
-        "count": {"type": "integer"},
-        "next": {"type": "string", "nullable": True},
-        "previous": {"type": "string", "nullable": True},
-        "results": {"type": "array", "items": REPORT},
-    },
-}
+PAGE = openapi.page(REPORT)
 
 
 class ReportPagination(LimitOffsetPagination):

@@ -51,12 +51,7 @@ BULK_ACTIONS = {
 MAX_BULK_IDS = 1000
 
 
-ERRORS = {
-    "type": "object",
-    "additionalProperties": {"type": "array", "items": {"type": "string"}},
-    "description": "field path -> reasons",
-    "example": {"schedule.cron": ["..."]},
-}
+ERRORS = {**openapi.ERRORS, "example": {"schedule.cron": ["..."]}}
 TASK = openapi.ref("Task")
 EXECUTION = openapi.ref("Execution")
 PREVIEW = {
@@ -98,15 +93,7 @@ LIMIT = OpenApiParameter("limit", int, description="how many, newest first")
             OpenApiParameter("offset", int),
         ],
         responses={
-            200: {
-                "type": "object",
-                "properties": {
-                    "count": {"type": "integer"},
-                    "next": {"type": "string", "nullable": True},
-                    "previous": {"type": "string", "nullable": True},
-                    "results": {"type": "array", "items": TASK},
-                },
-            },
+            200: openapi.page(TASK),
             400: ERRORS,
         },
     ),

@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from ..models import UserVariable
 from ..storable import unstorable
+from . import openapi
 from .common import caller, path_errors
 from .payloads import PayloadError, parse_owner
 
@@ -29,11 +30,7 @@ NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 MAX_VARIABLES = 200  # per user
 WRITE_METHODS = frozenset({"PUT", "DELETE"})
 
-ERRORS = {
-    "type": "object",
-    "additionalProperties": {"type": "array", "items": {"type": "string"}},
-    "description": "field path -> reasons",
-}
+ERRORS = openapi.ERRORS
 VARIABLE = {
     "type": "object",
     "properties": {
