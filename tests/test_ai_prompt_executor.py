@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from executors.ai_prompt import AIPromptExecutor
-from executors.base import ExecutionContext
 from executors.errors import ConfigError, PermanentError, RetryableError
+from tests.executor_ctx import make_ctx
 from tests.http_receiver import Receiver, Reply
 
 ANSWER = {
@@ -39,10 +39,7 @@ def claude(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Receiver:
 
 def run(action: dict[str, Any]) -> tuple[Any, list[str]]:
     executor = AIPromptExecutor()
-    logs: list[str] = []
-    ctx = ExecutionContext(
-        task_id="t", execution_id="e", attempt=1, idempotency_key="k", log=logs.append
-    )
+    ctx, logs = make_ctx()
     return executor.execute(executor.validate(action), ctx), logs
 
 

@@ -10,13 +10,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.db import connection
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from executors.google_workspace import build_credentials
 from tasks_app.fields import decrypt
 from tasks_app.models import GoogleCredential
 from tasks_app.services.host import Host
+from tests.api_clients import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -71,13 +71,6 @@ def authorized_user(**changes: Any) -> dict[str, Any]:
     }
     info.update(changes)
     return {key: value for key, value in info.items() if value is not None}
-
-
-def client_for(django_user_model: Any, username: str, **extra: Any) -> APIClient:
-    user = django_user_model.objects.create(username=username, **extra)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
 
 
 @pytest.fixture

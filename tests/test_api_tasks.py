@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tasks_app.models import ScheduledTask, TaskExecution
+from tests.api_clients import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -33,13 +33,6 @@ DAILY_REPORT = {
     "retryPolicy": {"maxRetries": 3, "backoffMs": 60000},
     "notification": {"onSuccess": False, "onFailure": True, "channels": ["email"]},
 }
-
-
-def client_for(django_user_model: Any, username: str, **extra: Any) -> APIClient:
-    user = django_user_model.objects.create(username=username, **extra)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
 
 
 @pytest.fixture

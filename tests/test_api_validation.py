@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from django_celery_beat.models import PeriodicTask
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tasks_app.models import ScheduledTask
+from tests.api_clients import client_for
 
 VALID = {
     "name": "Valid",
@@ -126,10 +126,7 @@ CASES: list[tuple[str, Any, str]] = [
 
 @pytest.fixture
 def api(django_user_model: Any) -> APIClient:
-    user = django_user_model.objects.create(username="validator")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
+    return client_for(django_user_model, "validator")
 
 
 def raw_json(body: Any) -> str:

@@ -5,23 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from rest_framework.throttling import ScopedRateThrottle
 
 from tasks_app.api.variables import MAX_VARIABLES
 from tasks_app.models import UserVariable
+from tests.api_clients import client_for
 
 pytestmark = pytest.mark.django_db
 
 # Routed here until tasks_app/api/urls.py carries the same lines (under /api/).
-
-
-def client_for(django_user_model: Any, username: str, **extra: Any) -> APIClient:
-    user = django_user_model.objects.create(username=username, **extra)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
 
 
 @pytest.fixture

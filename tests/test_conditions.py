@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from executors.egress import EgressPolicy
 from executors.errors import EgressRefused, PermanentError, RetryableError
@@ -24,6 +22,7 @@ from tasks_app.models import (
 from tasks_app.services import executions
 from tasks_app.services.conditions import conditions_unmet
 from tasks_app.services.definitions import task_create
+from tests.api_clients import client_for
 from tests.http_receiver import Receiver, Reply
 
 pytestmark = pytest.mark.django_db
@@ -462,9 +461,7 @@ def test_bad_conditions_are_refused_with_their_path(
 
 
 def test_bad_condition_through_the_api_is_a_400(django_user_model: Any) -> None:
-    owner = django_user_model.objects.create(username="user-123")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=owner).key}")
+    client = client_for(django_user_model, "user-123")
     answer = client.post(
         "/api/tasks",
         {

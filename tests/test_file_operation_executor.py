@@ -15,6 +15,7 @@ import pytest
 from executors.base import ActionResult, ExecutionContext
 from executors.errors import ConfigError, PermanentError
 from executors.file_operation import FileOperationConfig, FileOperationExecutor
+from tests.executor_ctx import make_ctx
 
 EXECUTOR = FileOperationExecutor()
 STAMP = r"\d{8}T\d{6}Z"
@@ -35,15 +36,7 @@ def outside(tmp_path: Path) -> Path:
 
 
 def context(root: Path | None, previous: Any = None) -> ExecutionContext:
-    return ExecutionContext(
-        task_id="task-1",
-        execution_id="exec-1",
-        attempt=1,
-        idempotency_key="exec-1",
-        log=lambda message: None,
-        files_root=root,
-        previous_result=previous,
-    )
+    return make_ctx(files_root=root, previous_result=previous)[0]
 
 
 def run(raw: dict[str, Any], root: Path | None, previous: Any = None) -> dict[str, Any]:

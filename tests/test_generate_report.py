@@ -14,13 +14,15 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from executors.base import ActionResult, ExecutionContext
+from executors.base import ActionResult
 from executors.errors import ConfigError, PermanentError
 from executors.generate_report import MARKDOWN_IN_RESULT, GenerateReportExecutor, _capped
 from tasks_app.models import ExecutionTrigger, Report, ScheduledTask, TaskExecution
 from tasks_app.services import reports
 from tasks_app.services.definitions import task_create
 from tests.anthropic_standin import PATH, error, message, no_credentials, point_sdk_at
+from tests.api_clients import forced_client
+from tests.executor_ctx import make_ctx
 from tests.http_receiver import Receiver, Reply
 
 # The routes the lead adds to tasks_app/api/urls.py (under "api/").
@@ -99,13 +101,10 @@ def figures(user: Any, django_user_model: Any) -> ScheduledTask:
 
 def generate(task: ScheduledTask, config: dict[str, Any]) -> tuple[ActionResult, list[str]]:
     execution = TaskExecution.objects.create(task=task, trigger=ExecutionTrigger.MANUAL)
-    logs: list[str] = []
-    ctx = ExecutionContext(
+    ctx, logs = make_ctx(
         task_id=str(task.pk),
         execution_id=str(execution.pk),
-        attempt=1,
         idempotency_key=str(execution.pk),
-        log=logs.append,
         host=Host(execution),
     )
     executor = GenerateReportExecutor()
@@ -245,18 +244,12 @@ def test_a_claude_error_does_not_fail_the_report(
     assert any("recommendations failed" in line for line in logs)
 
 
-def api_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
-
-
 def test_the_report_api_lists_shows_and_downloads_only_your_reports(
     figures: ScheduledTask, django_user_model: Any
 ) -> None:
     result, _ = generate(figures, {"title": "Monthly Analytics: Q1/Q2", "sections": ["summary"]})
     report_id = result.output["reportId"]
-    api = api_for(figures.owner)
+    api = forced_client(figures.owner)
 
     listed = api.get("/api/reports").json()
     assert listed["count"] == 1 and listed["results"][0]["id"] == report_id
@@ -286,7 +279,7 @@ def test_the_report_api_lists_shows_and_downloads_only_your_reports(
     bad = api.get(f"/api/reports/{report_id}/download?format=pdf")
     assert bad.status_code == 400 and bad.json() == {"format": ["must be one of html, md"]}
 
-    mallory = api_for(django_user_model.objects.create(username="mallory", is_staff=True))
+    mallory = forced_client(django_user_model.objects.create(username="mallory", is_staff=True))
     assert mallory.get("/api/reports").json()["count"] == 0
     assert mallory.get(f"/api/reports/{report_id}").status_code == 404
     assert mallory.get(f"/api/reports/{report_id}/download?format=md").status_code == 404
@@ -338,7 +331,7 @@ def test_the_guides_config_is_valid_and_a_missing_host_is_permanent() -> None:
         }
     )
     assert config.config.periodDays == 30
-    ctx = ExecutionContext(task_id="t", execution_id="e", attempt=1, idempotency_key="k", log=print)
+    ctx, _ = make_ctx()
     with pytest.raises(PermanentError, match="host"):
         executor.execute(config, ctx)
 

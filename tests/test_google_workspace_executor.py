@@ -25,8 +25,8 @@ from google.oauth2 import service_account
 from googleapiclient.http import HttpMockSequence
 
 from executors import google_workspace as gw
-from executors.base import ExecutionContext
 from executors.errors import ConfigError, PermanentError, RetryableError
+from tests.executor_ctx import make_ctx
 
 JSON = {"status": "200", "content-type": "application/json; charset=UTF-8"}
 USER_INFO = {
@@ -137,14 +137,8 @@ def run(
 ) -> Any:
     executor = gw.GoogleWorkspaceExecutor()
     config = executor.validate({"type": "google-workspace", **action})
-    ctx = ExecutionContext(
-        task_id="task-1",
-        execution_id="exec-1",
-        attempt=1,
-        idempotency_key=context.pop("key", "exec-1"),
-        log=(logs if logs is not None else []).append,
-        host=Host(credentials),
-        **context,
+    ctx, _ = make_ctx(
+        logs, idempotency_key=context.pop("key", "exec-1"), host=Host(credentials), **context
     )
     return executor.execute(config, ctx).output
 

@@ -32,6 +32,7 @@ from tasks_app.models import (
 from tasks_app.services.definitions import task_create
 from tasks_app.services.executions import log_entry
 from tasks_app.services.notifications import execution_notify
+from tests.api_clients import forced_client
 from tests.http_receiver import Receiver, Reply
 from tests.smtp_inbox import Inbox, smtp_fixture  # noqa: F401 - the smtp fixture
 
@@ -413,19 +414,14 @@ def test_the_configured_vapid_key_wins(vapid_dir: Any, settings: Any) -> None:
 # --- /api/push -------------------------------------------------------------------------
 
 
-def client_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
-
-
 def subscription_json(endpoint: str = "https://push.example.net/send/abc") -> dict[str, Any]:
     browser = Browser()
     return {"endpoint": endpoint, "keys": {"p256dh": browser.p256dh, "auth": b64url(browser.auth)}}
 
 
 def test_api_key_and_subscriptions(owner: Any, django_user_model: Any, vapid_dir: Any) -> None:
-    alice, bob = client_for(owner), client_for(django_user_model.objects.create(username="bob"))
+    alice = forced_client(owner)
+    bob = forced_client(django_user_model.objects.create(username="bob"))
 
     assert alice.get("/api/push/key").json() == {"publicKey": vapid.application_server_key()}
 
@@ -465,7 +461,7 @@ def test_api_key_and_subscriptions(owner: Any, django_user_model: Any, vapid_dir
     ],
 )
 def test_api_rejects_bad_subscriptions(owner: Any, change: dict[str, Any], path: str) -> None:
-    response = client_for(owner).post(
+    response = forced_client(owner).post(
         "/api/push/subscriptions", {**subscription_json(), **change}, format="json"
     )
     assert response.status_code == 400 and path in response.json()

@@ -4,6 +4,7 @@ Tests that need bubblewrap skip loudly without it, and fail when CI=true."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ import pytest
 from executors.base import ActionResult, ExecutionContext
 from executors.errors import ConfigError, PermanentError
 from executors.run_code import RunCodeExecutor, last_json_line
+from tests.executor_ctx import make_ctx
 from tests.test_sandbox import assert_no_survivors, marker, require_sandbox
 
 EXECUTOR = RunCodeExecutor()
@@ -35,13 +37,7 @@ def logs() -> list[str]:
 
 @pytest.fixture
 def ctx(logs: list[str]) -> ExecutionContext:
-    return ExecutionContext(
-        task_id="task-1",
-        execution_id="exec-1",
-        attempt=1,
-        idempotency_key="exec-1:attempt-1",
-        log=logs.append,
-    )
+    return make_ctx(logs, idempotency_key="exec-1:attempt-1")[0]
 
 
 @pytest.fixture
@@ -59,7 +55,7 @@ def run(
 
 
 def _with(ctx: ExecutionContext, **changes: Any) -> ExecutionContext:
-    return ExecutionContext(**{**ctx.__dict__, **changes})
+    return dataclasses.replace(ctx, **changes)
 
 
 def fails(language: str, code: str, ctx: ExecutionContext, **extra: Any) -> str:

@@ -6,17 +6,15 @@ from typing import Any
 
 import pytest
 
-from executors.base import ExecutionContext
 from executors.errors import ConfigError, PermanentError, RetryableError
 from executors.send_email import SendEmailExecutor
+from tests.executor_ctx import make_ctx
 from tests.smtp_inbox import Inbox, smtp_fixture  # noqa: F401 - the smtp fixture
 
 
 def send(action: dict[str, Any], key: str = "exec-1") -> Any:
     executor = SendEmailExecutor()
-    ctx = ExecutionContext(
-        task_id="t", execution_id="e", attempt=1, idempotency_key=key, log=lambda _: None
-    )
+    ctx, _ = make_ctx(idempotency_key=key)
     return executor.execute(executor.validate(action), ctx)
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tasks_app.api.webhooks import PerWebhookThrottle
@@ -21,6 +20,7 @@ from tasks_app.models import ExecutionStatus, ScheduledTask, TaskExecution, Task
 from tasks_app.services import triggers
 from tasks_app.services.definitions import task_create
 from tasks_app.services.executions import _finish
+from tests.api_clients import forced_client, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -30,8 +30,7 @@ ORDER = {"data": "your webhook payload", "order": {"id": 42}}
 @pytest.fixture
 def api(django_user_model: Any) -> APIClient:
     user = django_user_model.objects.create(username="user-123")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client = token_client(user)
     client.user = user  # type: ignore[attr-defined]
     return client
 
@@ -207,8 +206,7 @@ def test_rotation_keeps_the_old_secret_valid_for_the_grace_period(api: APIClient
 def test_webhook_management_is_per_user(api: APIClient, django_user_model: Any) -> None:
     hook = make_hook(api)
     mallory = django_user_model.objects.create(username="mallory")
-    other = APIClient()
-    other.force_authenticate(mallory)
+    other = forced_client(mallory)
     base = f"/api/tasks/{hook['taskId']}/webhooks"
     assert other.get(base).status_code == 404
     assert other.post(f"{base}/{hook['webhookId']}/rotate").status_code == 404

@@ -15,6 +15,7 @@ from executors.web_scrape import (
     WebScrapeConfig,
     WebScrapeExecutor,
 )
+from tests.executor_ctx import LOOPBACK, make_ctx
 from tests.http_receiver import Receiver, Reply
 
 EXECUTOR = WebScrapeExecutor()
@@ -51,14 +52,7 @@ def logs() -> list[str]:
 
 @pytest.fixture
 def ctx(logs: list[str]) -> ExecutionContext:
-    return ExecutionContext(
-        task_id="task-1",
-        execution_id="exec-1",
-        attempt=1,
-        idempotency_key="exec-1",
-        log=logs.append,
-        egress=EgressPolicy(allow=("127.0.0.1",), timeout=5.0),
-    )
+    return make_ctx(logs, egress=LOOPBACK)[0]
 
 
 def run(raw: dict[str, Any], ctx: ExecutionContext) -> ActionResult:
@@ -304,14 +298,7 @@ def test_the_whole_result_is_capped(receiver: Receiver, ctx: ExecutionContext) -
 
 
 def test_a_page_over_the_egress_size_limit_is_refused(receiver: Receiver, logs: list[str]) -> None:
-    ctx = ExecutionContext(
-        task_id="t",
-        execution_id="e",
-        attempt=1,
-        idempotency_key="k",
-        log=logs.append,
-        egress=EgressPolicy(allow=("127.0.0.1",), max_bytes=1000),
-    )
+    ctx, _ = make_ctx(logs, egress=EgressPolicy(allow=("127.0.0.1",), max_bytes=1000))
     with pytest.raises(PermanentError, match="larger than the 1000-byte limit"):
         run({"url": serve(receiver, b"<p>" + b"x" * 5000 + b"</p>")}, ctx)
 
@@ -365,14 +352,7 @@ def test_a_binary_response_is_refused(receiver: Receiver, ctx: ExecutionContext)
 def test_loopback_is_refused_under_default_settings(receiver: Receiver, logs: list[str]) -> None:
     from tasks_app.conf import scheduler_settings
 
-    ctx = ExecutionContext(
-        task_id="t",
-        execution_id="e",
-        attempt=1,
-        idempotency_key="k",
-        log=logs.append,
-        egress=scheduler_settings().egress_policy(),
-    )
+    ctx, _ = make_ctx(logs, egress=scheduler_settings().egress_policy())
     url = serve(receiver, PAGE)
     with pytest.raises(EgressRefused) as caught:
         run({"url": url}, ctx)

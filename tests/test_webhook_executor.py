@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from executors.base import ActionResult, ExecutionContext
-from executors.egress import EgressPolicy
 from executors.errors import ConfigError, EgressRefused, PermanentError, RetryableError
 from executors.webhook import WebhookConfig, WebhookExecutor
+from tests.executor_ctx import LOOPBACK, make_ctx
 from tests.http_receiver import Receiver, Reply
 
 EXECUTOR = WebhookExecutor()
@@ -26,14 +26,7 @@ def logs() -> list[str]:
 
 @pytest.fixture
 def ctx(logs: list[str]) -> ExecutionContext:
-    return ExecutionContext(
-        task_id="task-1",
-        execution_id="exec-7f3a",
-        attempt=1,
-        idempotency_key=KEY,
-        log=logs.append,
-        egress=EgressPolicy(allow=("127.0.0.1",), timeout=5.0),
-    )
+    return make_ctx(logs, execution_id="exec-7f3a", idempotency_key=KEY, egress=LOOPBACK)[0]
 
 
 def run(raw: dict[str, Any], ctx: ExecutionContext) -> ActionResult:
@@ -276,9 +269,7 @@ def test_timeout_from_config_is_retryable(receiver: Receiver, ctx: ExecutionCont
 def test_loopback_is_refused_without_an_egress_allowance(
     receiver: Receiver, logs: list[str]
 ) -> None:
-    ctx = ExecutionContext(
-        task_id="t", execution_id="e", attempt=1, idempotency_key="k", log=logs.append
-    )
+    ctx, _ = make_ctx(logs)
     with pytest.raises(EgressRefused):
         run({"type": "webhook", "url": f"{receiver.url}/hook"}, ctx)
     assert receiver.requests == []
