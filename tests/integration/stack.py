@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def compose_services() -> dict[str, Any]:
 
 
 class Stack:
-    def __init__(self, mode: str, workdir: Path) -> None:
+    def __init__(
+        self, mode: str, workdir: Path, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.mode = mode
         self.workdir = workdir
         self.data_dir = workdir / "var"
@@ -79,6 +82,8 @@ class Stack:
                 "WORKER_CONCURRENCY": "2",
             }
         )
+        # Last, so that a test can point the processes at its stand-ins (SMTP, Claude).
+        env.update(extra_env or {})
         self.db_name = None
         if mode == "postgres-redis":
             self.db_name = f"it_{uuid.uuid4().hex[:12]}"
@@ -166,6 +171,10 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
+    def children_connected_to(self, name: str, port: int) -> list[int]:
+        """PIDs of ``name``'s pool processes with a TCP connection open to ``port``."""
+        return [pid for pid in self.children(name) if _connected_to(pid, port)]
+
     def stop_process(self, name: str, timeout: float = 15) -> None:
         """SIGTERM the main process (as Docker or systemd do), wait, then SIGKILL whatever
         is left in its process group."""
@@ -240,3 +249,20 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a TCP (IPv4) connection to 127.0.0.1:``port``."""
+    suffix = f":{port:04X}"
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(
+        (fields := line.split())[2].endswith(suffix) and fields[9] in inodes for line in lines
+    )
