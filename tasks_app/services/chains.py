@@ -27,15 +27,13 @@ from executors.errors import ExecutorError
 
 from ..conf import RUN_STEP_NAME, scheduler_settings
 from ..models import ExecutionStatus, TaskExecution
-from ..specs import RetryPolicy
 from ..storable import storable, storable_text
 from .executions import (
     Outcome,
     _finish,
-    failure_message,
     holder_is_dead,
-    is_retryable,
     log_entry,
+    retry_decision,
     run_action,
     usage_of,
 )
@@ -183,7 +181,7 @@ def step_run(*, execution: TaskExecution, step: int) -> StepOutcome:
     started = time.monotonic()
     try:
         result = run_action(action, ctx)
-    except Exception as exc:  # noqa: BLE001 - classified by is_retryable
+    except Exception as exc:  # noqa: BLE001 - classified by retry_decision
         if not isinstance(exc, ExecutorError):
             logger.exception("execution %s step %s: unexpected error", execution.pk, step)
         return _record_failure(execution, step, exc, logs, started)
@@ -197,20 +195,14 @@ def _record_failure(
     logs: list[dict[str, str]],
     started: float,
 ) -> StepOutcome:
-    message = failure_message(exc)
     attempt = execution.steps[step]["attempt"]
-    label = _label(execution, step)
-    logs.append(log_entry(f"{label} attempt {attempt} failed: {message}", "error"))
-    policy = RetryPolicy.model_validate(execution.task.retry_policy or {})
-    if is_retryable(exc) and attempt <= policy.maxRetries:
-        delay = policy.delay_seconds(attempt)
-        logs.append(
-            log_entry(
-                f"retrying {label} in {delay:g}s (attempt {attempt + 1} of {policy.maxRetries + 1})"
-            )
-        )
-        return _record(execution, step, logs, started, error=message, retry_in=delay)
-    return _record(execution, step, logs, started, error=message, failed=True)
+    error, retry_in, lines = retry_decision(
+        execution.task, attempt, exc, label=_label(execution, step)
+    )
+    logs.extend(lines)
+    if retry_in is not None:
+        return _record(execution, step, logs, started, error=error, retry_in=retry_in)
+    return _record(execution, step, logs, started, error=error, failed=True)
 
 
 def _record(

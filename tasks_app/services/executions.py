@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
@@ -240,10 +240,9 @@ def execution_run(*, execution: TaskExecution) -> Outcome:
             return chain_start(execution=execution, logs=logs, started=started)
         result = run_action(task.action, ctx)
     except Exception as exc:  # noqa: BLE001 - classified below, never swallowed silently
-        retryable = is_retryable(exc)
         if not isinstance(exc, ExecutorError):
             logger.exception("execution %s: unexpected error", execution.id)
-        return _after_failure(execution, exc, retryable, logs, started)
+        return _after_failure(execution, exc, logs, started)
     return execution_finish(
         execution=execution,
         status=ExecutionStatus.COMPLETED,
@@ -284,38 +283,49 @@ def usage_of(output: Any) -> tuple[int, int]:
     return tuple(v if isinstance(v, int) and v >= 0 else 0 for v in values)  # type: ignore[return-value]
 
 
+class RetryDecision(NamedTuple):
+    error: str
+    #: Seconds until the next attempt; None when the failure is final.
+    retry_in: float | None
+    logs: list[dict[str, str]]
+
+
+def retry_decision(
+    task: ScheduledTask, attempt: int, exc: BaseException, *, label: str = ""
+) -> RetryDecision:
+    """What failed ``attempt`` leads to under the task's retry policy: the error to record,
+    the delay before the next attempt (None: no retry) and the log lines that say so.
+    ``label`` names a chain step ("step 2 of 3 (webhook)") in those lines."""
+    message = failure_message(exc)
+    prefix = f"{label} " if label else ""
+    logs = [log_entry(f"{prefix}attempt {attempt} failed: {message}", "error")]
+    policy = RetryPolicy.model_validate(task.retry_policy or {})
+    if not (is_retryable(exc) and attempt <= policy.maxRetries):
+        return RetryDecision(message, None, logs)
+    delay = policy.delay_seconds(attempt)
+    logs.append(
+        log_entry(
+            f"retrying {prefix}in {delay:g}s (attempt {attempt + 1} of {policy.maxRetries + 1})"
+        )
+    )
+    return RetryDecision(message, delay, logs)
+
+
 def _after_failure(
     execution: TaskExecution,
     exc: BaseException,
-    retryable: bool,
     logs: list[dict[str, str]],
     started: float,
 ) -> Outcome:
-    message = failure_message(exc)
-    logs.append(log_entry(f"attempt {execution.attempt} failed: {message}", "error"))
-    policy = RetryPolicy.model_validate(execution.task.retry_policy or {})
-    if retryable and execution.attempt <= policy.maxRetries:
-        delay = policy.delay_seconds(execution.attempt)
-        logs.append(
-            log_entry(
-                f"retrying in {delay:g}s (attempt {execution.attempt + 1} of "
-                f"{policy.maxRetries + 1})"
-            )
-        )
-        return execution_finish(
-            execution=execution,
-            status=ExecutionStatus.RETRYING,
-            error=message,
-            logs=logs,
-            started=started,
-            retry_in=delay,
-        )
+    error, retry_in, lines = retry_decision(execution.task, execution.attempt, exc)
+    logs.extend(lines)
     return execution_finish(
         execution=execution,
-        status=ExecutionStatus.FAILED,
-        error=message,
+        status=ExecutionStatus.FAILED if retry_in is None else ExecutionStatus.RETRYING,
+        error=error,
         logs=logs,
         started=started,
+        retry_in=retry_in,
     )
 
 
