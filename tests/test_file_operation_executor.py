@@ -541,11 +541,11 @@ def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
 ) -> None:
     """The check saw a directory; by the time it is opened it is a link to outside. The
     O_NOFOLLOW open notices, the walk starts again and refuses the link."""
-    from executors import file_operation
+    from executors import confined_paths
 
     root.mkdir(parents=True)
     (root / "swap").symlink_to(outside)
-    real_lstat = file_operation._lstat
+    real_lstat = confined_paths._lstat
     lied: list[str] = []
 
     def stale_lstat(name: str, dir_fd: int) -> os.stat_result | None:
@@ -554,6 +554,6 @@ def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
             return os.stat(root)  # what it was when checked: a directory
         return real_lstat(name, dir_fd)
 
-    monkeypatch.setattr(file_operation, "_lstat", stale_lstat)
+    monkeypatch.setattr(confined_paths, "_lstat", stale_lstat)
     message = fails({"operation": "read", "path": "/swap/secret.txt"}, root)
     assert lied and "leads outside the files root through a symbolic link" in message
