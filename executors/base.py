@@ -6,6 +6,7 @@ Executors never import ``tasks_app``; everything they need comes in the config a
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,15 @@ class ExecutionContext:
     host: ExecutionHost | None = None
     #: How many triggers led to this run; outbound requests carry it (loop protection).
     trigger_depth: int = 0
+
+
+def chained_text(ctx: ExecutionContext) -> str | None:
+    """The previous step's result as text: a string as is, anything else as JSON (None
+    when there is no previous result)."""
+    value = ctx.previous_result
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import errno
 import fnmatch
-import json
 import os
 import shutil
 import stat
@@ -28,7 +27,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from .base import ActionConfig, ActionResult, ExecutionContext, Executor
+from .base import ActionConfig, ActionResult, ExecutionContext, Executor, chained_text
 from .confined_paths import FILE_FLAGS as FILE_FLAGS  # re-exported (inbound e-mail uses it)
 from .confined_paths import (
     FilesRoot,
@@ -213,12 +212,10 @@ def do_read(job: Job) -> dict[str, Any]:
 def _content(job: Job) -> str:
     if job.config.content is not None:
         return job.config.content
-    previous = job.ctx.previous_result
-    if previous is None:
+    text = chained_text(job.ctx)
+    if text is None:
         raise PermanentError("nothing to write: set content, or run after a step with a result")
-    if isinstance(previous, str):
-        return previous
-    return json.dumps(previous, ensure_ascii=False, indent=2, default=str)
+    return text
 
 
 def do_write(job: Job) -> dict[str, Any]:

@@ -12,50 +12,46 @@ errors are retryable; other 4xx are not).
 Seams for tests: :data:`credentials_factory` turns the stored dict into google-auth
 credentials, :data:`http_factory` makes the raw ``httplib2.Http`` that the executor wraps in
 ``google_auth_httplib2.AuthorizedHttp``; replace them (e.g. with an ``HttpMockSequence``) to
-see the requests the library would send.
+see the requests the library would send. The config shapes are in
+:mod:`executors.google_workspace_config`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import mimetypes
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from email.message import EmailMessage
 from email.policy import SMTP
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from pathlib import Path
+from typing import Any, ClassVar
 
 import google.auth.exceptions
 import google_auth_httplib2
 import httplib2
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.validators import validate_email
 from google.auth.credentials import Credentials
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaInMemoryUpload, MediaIoBaseUpload
-from pydantic import (
-    AwareDatetime,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-    field_validator,
-)
-from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
+from pydantic import ValidationError
 
-from .base import ActionConfig, ActionResult, ExecutionContext, Executor, error_path
+from .base import ActionResult, ExecutionContext, Executor, chained_text, error_path
 from .errors import ConfigError, PermanentError, RetryableError
+from .google_workspace_config import (
+    ACTION,
+    SERVICES,
+    CalendarCreateEventConfig,
+    DriveUploadConfig,
+    GmailSendConfig,
+    GoogleWorkspaceAction,
+    GoogleWorkspaceConfig,
+    SheetsAppendConfig,
+)
 
-SERVICES = ("gmail", "sheets", "calendar", "drive")
 #: (API name, version) of each service's client.
 APIS: dict[str, tuple[str, str]] = {
     "gmail": ("gmail", "v1"),
@@ -74,157 +70,12 @@ SCOPES: dict[str, list[str]] = {
 #: Stored keys never choose where the worker posts them.
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 NO_CREDENTIALS = "no Google credentials stored for this user; PUT them at /api/integrations/google"
-MAX_RECIPIENTS = 50
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 #: Larger uploads go resumable, in chunks of this size.
 RESUMABLE_ABOVE = 5 * 1024 * 1024
 #: 403 reasons Google uses for "slow down" rather than "not allowed".
 RETRYABLE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "backendError"})
 MAX_MESSAGE_CHARS = 300
-
-
-def _addresses(value: Any) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise ValueError("must be an e-mail address or a list of them")
-    for item in items:
-        try:
-            validate_email(item)
-        except DjangoValidationError:
-            raise ValueError(f"{item!r} is not an e-mail address") from None
-    return items
-
-
-def _single_line(value: str | None) -> str | None:
-    if value is not None and ("\r" in value or "\n" in value):
-        raise ValueError("must be a single line")
-    return value
-
-
-class _GoogleAction(ActionConfig):
-    type: Literal["google-workspace"]
-
-
-class GmailSendConfig(_GoogleAction):
-    service: Literal["gmail"]
-    operation: Literal["send"]
-    to: list[str] = Field(min_length=1, max_length=MAX_RECIPIENTS)
-    cc: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
-    bcc: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
-    subject: str = Field(min_length=1, max_length=998)
-    #: Plain-text body; omitted in a chain step, the previous step's result is sent.
-    body: str | None = Field(default=None, max_length=1_000_000)
-    html: str | None = Field(default=None, max_length=2_000_000)
-
-    _valid_addresses = field_validator("to", "cc", "bcc", mode="before")(_addresses)
-    _one_line = field_validator("subject")(_single_line)
-
-
-def _scalar(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    if value is not None and not isinstance(value, str | int | float | bool):
-        raise ValueError("must be a string, number, boolean or null")
-    return handler(value)
-
-
-#: One cell; checked as a whole so that errors name the cell, not a union member.
-Cell = Annotated[str | int | float | bool | None, WrapValidator(_scalar)]
-
-
-class SheetsAppendConfig(_GoogleAction):
-    service: Literal["sheets"]
-    operation: Literal["append"]
-    spreadsheetId: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
-    range: str = Field(min_length=1, max_length=500)
-    values: list[list[Cell]] = Field(min_length=1, max_length=10_000)
-
-
-class CalendarCreateEventConfig(_GoogleAction):
-    service: Literal["calendar"]
-    operation: Literal["createEvent"]
-    calendarId: str = Field(default="primary", min_length=1, max_length=300)
-    summary: str = Field(min_length=1, max_length=1024)
-    description: str | None = Field(default=None, max_length=8192)
-    start: AwareDatetime
-    end: AwareDatetime
-    timezone: str | None = Field(default=None, max_length=100)
-    attendees: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
-
-    _valid_attendees = field_validator("attendees", mode="before")(_addresses)
-
-    @field_validator("end")
-    @classmethod
-    def _after_start(cls, value: AwareDatetime, info: ValidationInfo) -> AwareDatetime:
-        start = info.data.get("start")
-        if start is not None and value <= start:
-            raise ValueError("must be after start")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"{value!r} is not an IANA time zone") from None
-        return value
-
-
-class DriveUploadConfig(_GoogleAction):
-    service: Literal["drive"]
-    operation: Literal["upload"]
-    name: str = Field(min_length=1, max_length=1000)
-    #: Text to store; with neither content nor path, the previous step's result is stored.
-    content: str | None = Field(default=None, max_length=5_000_000)
-    #: A file under the owner's files directory (relative; never outside it).
-    path: str | None = Field(default=None, min_length=1, max_length=1000)
-    mimeType: str | None = Field(default=None, max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$")
-    folderId: str | None = Field(default=None, min_length=1, max_length=200)
-
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return value
-        if info.data.get("content") is not None:
-            raise ValueError("give either content or path, not both")
-        parts = PurePosixPath(value.replace("\\", "/"))
-        if parts.is_absolute() or ".." in parts.parts or "\x00" in value:
-            raise ValueError("must be a path relative to your files directory, without '..'")
-        return value
-
-
-GoogleWorkspaceAction = Annotated[
-    GmailSendConfig | SheetsAppendConfig | CalendarCreateEventConfig | DriveUploadConfig,
-    Field(discriminator="service"),
-]
-_ACTION = TypeAdapter(GoogleWorkspaceAction)
-
-
-class GoogleWorkspaceConfig(_GoogleAction):
-    """What every google-workspace action shares; its JSON schema is the full union (one
-    shape per service), and validation goes through the executor's ``validate``."""
-
-    service: Literal["gmail", "sheets", "calendar", "drive"]
-    operation: str
-
-    @classmethod
-    def model_json_schema(
-        cls,
-        by_alias: bool | None = None,
-        ref_template: str = DEFAULT_REF_TEMPLATE,
-        schema_generator: type[GenerateJsonSchema] = GenerateJsonSchema,
-        mode: JsonSchemaMode = "validation",
-        *,
-        union_format: Literal["any_of", "primitive_type_array"] = "any_of",
-    ) -> dict[str, Any]:
-        return _ACTION.json_schema(
-            by_alias=by_alias,
-            ref_template=ref_template,
-            schema_generator=schema_generator,
-            mode=mode,
-            union_format=union_format,
-        )
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -271,7 +122,7 @@ class GoogleWorkspaceExecutor(Executor[GoogleWorkspaceAction]):
 
     def validate(self, raw: Mapping[str, Any]) -> GoogleWorkspaceAction:
         try:
-            return _ACTION.validate_python(dict(raw))
+            return ACTION.validate_python(dict(raw))
         except ValidationError as exc:
             raise ConfigError([_config_error(err) for err in exc.errors()]) from None
 
@@ -359,19 +210,11 @@ def _summary(output: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in output.items() if k.endswith(("Id", "Range", "Rows")))
 
 
-def _chained_text(ctx: ExecutionContext) -> str | None:
-    """The previous step's result as text: a string as is, anything else as JSON."""
-    value = ctx.previous_result
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
-
-
 # -- operations ------------------------------------------------------------------------------
 
 
 def gmail_send(client: Any, config: GmailSendConfig, ctx: ExecutionContext) -> dict[str, Any]:
-    body = config.body if config.body is not None else _chained_text(ctx)
+    body = config.body if config.body is not None else chained_text(ctx)
     if body is None and config.html is None:
         raise PermanentError("no body: give body or html, or use this as a step after another")
     message = EmailMessage(policy=SMTP)
@@ -482,7 +325,7 @@ def _uploaded(created: Mapping[str, Any], config: DriveUploadConfig) -> dict[str
 def _drive_text(config: DriveUploadConfig, ctx: ExecutionContext) -> tuple[str, str]:
     if config.content is not None:
         return config.content, config.mimeType or "text/plain"
-    text = _chained_text(ctx)
+    text = chained_text(ctx)
     if text is None:
         raise PermanentError(
             "no content: give content or path, or use this as a step after another"

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import smtplib
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.core.validators import validate_email
 from pydantic import Field, field_validator
 
 from .base import ActionConfig, ActionResult, ExecutionContext, Executor
 from .errors import PermanentError, RetryableError
+from .fields import email_addresses, single_line
 
 MAX_RECIPIENTS = 50
-
-
-def _addresses(value: Any) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ValueError("must be an e-mail address or a list of them")
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError("must be an e-mail address or a list of them")
-        try:
-            validate_email(item)
-        except ValidationError:
-            raise ValueError(f"{item!r} is not an e-mail address") from None
-    return items
 
 
 class SendEmailConfig(ActionConfig):
@@ -39,17 +24,8 @@ class SendEmailConfig(ActionConfig):
     body: str = Field(max_length=1_000_000)
     html: str | None = Field(default=None, max_length=2_000_000)
 
-    @field_validator("to", "cc", "bcc", mode="before")
-    @classmethod
-    def _valid_addresses(cls, value: Any) -> list[str]:
-        return _addresses(value)
-
-    @field_validator("subject")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        if "\r" in value or "\n" in value:
-            raise ValueError("must be a single line")
-        return value
+    _valid_addresses = field_validator("to", "cc", "bcc", mode="before")(email_addresses)
+    _one_line = field_validator("subject")(single_line)
 
 
 class SendEmailExecutor(Executor[SendEmailConfig]):
