@@ -34,14 +34,19 @@ class RunTask(Task):
         )
 
 
-@shared_task(
-    bind=True,
-    base=RunTask,
-    name=RUN_TASK_NAME,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    max_retries=None,
-)
+#: Runs of executions and of chain steps: acknowledged when done and requeued if the
+#: worker is lost (the claim makes a second delivery harmless); Celery retries unbounded
+#: (the RetryPolicy decides when to stop).
+RUN_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "base": RunTask,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "max_retries": None,
+}
+
+
+@shared_task(name=RUN_TASK_NAME, **RUN_OPTIONS)
 def run_task(
     self: Task,
     task_id: str | None = None,
@@ -75,14 +80,7 @@ def run_task(
     return {"outcome": outcome.status, "executionId": execution_id}
 
 
-@shared_task(
-    bind=True,
-    base=RunTask,
-    name=RUN_STEP_NAME,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    max_retries=None,
-)
+@shared_task(name=RUN_STEP_NAME, **RUN_OPTIONS)
 def run_step(self: Task, execution_id: str, step: int, attempt: int = 1) -> dict[str, Any]:
     """Run one attempt of one step of a chain; the canvas chain sends the next step."""
     claimed = chains.step_claim(
