@@ -215,6 +215,14 @@ SCHEDULER_FILES_MAX_READ_BYTES = env_int("SCHEDULER_FILES_MAX_READ_BYTES", 1024 
 SCHEDULER_FILES_MAX_WRITE_BYTES = env_int("SCHEDULER_FILES_MAX_WRITE_BYTES", 10 * 1024 * 1024)
 SCHEDULER_FILES_MAX_ARCHIVE_BYTES = env_int("SCHEDULER_FILES_MAX_ARCHIVE_BYTES", 1024**3)
 SCHEDULER_FILES_MAX_ENTRIES = env_int("SCHEDULER_FILES_MAX_ENTRIES", 10_000)
+# Inbound e-mail (receive_email)
+# Each email-triggered task's address is <random>@SCHEDULER_INBOUND_EMAIL_DOMAIN; the SMTP
+# receiver listens on BIND:PORT and refuses larger messages and more recipients (552/452).
+SCHEDULER_INBOUND_EMAIL_DOMAIN = os.environ.get("SCHEDULER_INBOUND_EMAIL_DOMAIN", "localhost")
+SCHEDULER_SMTP_BIND = os.environ.get("SCHEDULER_SMTP_BIND", "127.0.0.1")
+SCHEDULER_SMTP_PORT = env_int("SCHEDULER_SMTP_PORT", 2525)
+SCHEDULER_INBOUND_EMAIL_MAX_BYTES = env_int("SCHEDULER_INBOUND_EMAIL_MAX_BYTES", 10 * 1024 * 1024)
+SCHEDULER_INBOUND_EMAIL_MAX_RECIPIENTS = env_int("SCHEDULER_INBOUND_EMAIL_MAX_RECIPIENTS", 20)
 
 # --- Celery ------------------------------------------------------------------------
 # localfs:// is kombu's filesystem transport with atomic writes (scheduler_project.transport).

@@ -17,7 +17,7 @@ from .models import ScheduledTask, TaskExecution, TaskStatus, TaskType
 
 def tasks_visible_to(user: User) -> QuerySet[ScheduledTask]:
     """Every task query starts here: staff see all, everyone else their own."""
-    tasks = ScheduledTask.objects.select_related("owner")
+    tasks = ScheduledTask.objects.select_related("owner", "mailbox")  # mailbox: emailAddress
     return tasks if user.is_staff else tasks.filter(owner=user)
 
 

@@ -11,9 +11,13 @@ from django.contrib.auth.models import User
 
 from .. import cron as cronlib
 from ..models import JSON_FIELDS, ScheduledTask, TaskExecution, TaskType
+from ..services.inbound_email import task_email_address
 from ..storable import unstorable
 
-READ_ONLY = {"id", "status", "lastRun", "nextRun", "runCount", "createdAt", "updatedAt"}
+READ_ONLY = {
+    *("id", "status", "lastRun", "nextRun", "runCount", "createdAt", "updatedAt"),
+    "emailAddress",
+}
 SCHEDULE_KEYS = {"cron", "timezone", "at"}
 
 
@@ -43,6 +47,7 @@ def task_to_json(task: ScheduledTask) -> dict[str, Any]:
         "type": task.type,
         "schedule": schedule,
         "trigger": task.trigger,
+        "emailAddress": task_email_address(task),
         "action": task.action,
         "conditions": task.conditions,
         "retryPolicy": task.retry_policy,

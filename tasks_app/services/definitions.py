@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from ..models import EDITABLE_FIELDS, ScheduledTask, TaskStatus, TaskType
 from ..validation import validate_task
+from .inbound_email import mailbox_ensure
 
 
 def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
@@ -29,7 +30,9 @@ def task_create(
     task = ScheduledTask(owner=owner, name=name, type=type, action=action, **fields)
     validate_task(task)
     _check_run_at(task, now=timezone.now())
-    task.save()
+    with transaction.atomic():
+        task.save()
+        mailbox_ensure(task=task)  # an email trigger gets its address with the task
     return task
 
 
@@ -48,7 +51,9 @@ def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
         and "run_at" in changes
     ):
         task.status = TaskStatus.ACTIVE  # rescheduling a finished one-time task re-arms it
-    task.save()
+    with transaction.atomic():
+        task.save()
+        mailbox_ensure(task=task)
     return task
 
 

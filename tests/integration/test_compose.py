@@ -1,8 +1,10 @@
 """compose.yaml is valid and its processes, started by hand with the same commands,
-make a working system on a local PostgreSQL and Redis (no Docker engine here)."""
+make a working system on a local PostgreSQL and Redis (no Docker engine here), including
+the email trigger's SMTP receiver (``mail``)."""
 
 from __future__ import annotations
 
+import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,18 +13,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import make_stack
-from tests.integration.stack import ROOT, Stack, compose_services, wait_until
+from tests.http_receiver import Receiver
+from tests.integration.conftest import create_tasks, make_stack
+from tests.integration.stack import ROOT, Stack, compose_services, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
+APP_SERVICES = ("migrate", "web", "worker", "beat", "flower", "mail")
 
 
 def test_compose_file_declares_the_whole_system() -> None:
     services = compose_services()
     assert set(services) == {"postgres", "redis", *APP_SERVICES}
-    for name in ("postgres", "redis", "web", "flower", "worker"):
+    for name in ("postgres", "redis", "web", "flower", "worker", "mail"):
         assert services[name]["healthcheck"]["test"], name
     for name in APP_SERVICES:
         env = services[name]["environment"]
@@ -32,6 +35,8 @@ def test_compose_file_declares_the_whole_system() -> None:
     assert services["worker"]["command"][:4] == ["celery", "-A", "scheduler_project", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "scheduler_project", "beat"]
     assert services["web"]["command"][:2] == ["gunicorn", "scheduler_project.wsgi"]
+    assert services["mail"]["command"] == ["python", "manage.py", "receive_email"]
+    assert services["mail"]["environment"]["SCHEDULER_SMTP_BIND"] == "0.0.0.0"
     assert "ports" not in services["worker"] and "container_name" not in services["worker"], (
         "the worker must stay scalable"
     )
@@ -42,9 +47,10 @@ def test_compose_file_declares_the_whole_system() -> None:
 def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack("postgres-redis", tmp_path_factory.mktemp("compose"))
     stack.env["FLOWER_BASIC_AUTH"] = "ops:secret-pass"
+    stack.env["SCHEDULER_SMTP_PORT"] = str(free_port())  # compose's 2525, on a free port
     try:
         stack.manage(*compose_services()["migrate"]["command"][2:])
-        for name in ("web", "worker", "beat", "flower"):
+        for name in ("web", "worker", "beat", "flower", "mail"):
             stack.start(name, stack.compose_argv(name))
         yield stack
     finally:
@@ -88,3 +94,53 @@ def test_worker_answers_ping(compose_stack: Stack) -> None:
         return done.stdout if "pong" in done.stdout else ""
 
     assert "pong" in wait_until(ping, 60, interval=1, message=compose_stack.log_tail())
+
+
+def _smtp_ready(port: int) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=3) as client:
+            return client.noop()[0] == 250
+    except OSError:
+        return False
+
+
+def test_mail_to_a_tasks_address_runs_it_with_the_subject(
+    compose_stack: Stack, http: Receiver
+) -> None:
+    """The issue's acceptance: smtplib on loopback to the task's address starts it, and
+    the execution (and its action, through {email.subject}) has the subject; mail to an
+    unknown address is refused."""
+    port = int(compose_stack.env["SCHEDULER_SMTP_PORT"])
+    wait_until(lambda: _smtp_ready(port), 30, message=compose_stack.log_tail())
+    [task_id] = create_tasks(
+        compose_stack,
+        {
+            "name": "mail in",
+            "type": "trigger",
+            "trigger": {"type": "email", "config": {}},
+            "action": {
+                "type": "webhook",
+                "url": f"{http.url}/mail-in",
+                "body": {"s": "{email.subject}"},
+            },
+        },
+    )
+    local = compose_stack.orm(
+        "from tasks_app.models import TaskMailbox\n"
+        f"result = TaskMailbox.objects.get(task_id={task_id!r}).local_part"
+    )
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("a@example.org", ["t-unknown@localhost"], b"Subject: x\r\n\r\nx")
+        client.sendmail(
+            "a@example.org",
+            [f"{local}@localhost"],
+            b"From: a@example.org\r\nSubject: Order 42 shipped\r\n\r\nbody\r\n",
+        )
+    [request] = http.wait_for("/mail-in", timeout=60)
+    assert request.json() == {"s": "Order 42 shipped"}
+    rows = compose_stack.query(
+        "SELECT trigger, payload->>'subject', status FROM task_executions WHERE task_id = ?",
+        (compose_stack.id_param(task_id),),
+    )
+    assert [row[:2] for row in rows] == [("email", "Order 42 shipped")]

@@ -1,12 +1,13 @@
 """The README's run command (`python manage.py up`) on the embedded default: it prints
-the URLs and a login, serves the API, admin and Flower within 30 s, and Ctrl-C stops
-every process it started."""
+the URLs and a login, serves the API, admin, Flower and the inbound SMTP receiver within
+30 s, and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
-    web, flower = free_port(), free_port()
+    web, flower, smtp = free_port(), free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -32,6 +33,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         SCHEDULER_DATA_DIR=str(tmp_path / "var"),
         WEB_PORT=str(web),
         FLOWER_PORT=str(flower),
+        SCHEDULER_SMTP_PORT=str(smtp),
         PYTHONUNBUFFERED="1",
     )
     log = tmp_path / "up.log"
@@ -75,8 +77,10 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         )
         assert "Site administration" in done.text, "the printed admin login does not work"
         wait_until(lambda: _flower_up(flower), 30, message=log.read_text())
+        wait_until(lambda: _smtp_up(smtp), 30, message=log.read_text())
         marker = f"SCHEDULER_DATA_DIR={tmp_path / 'var'}".encode()
-        assert len(_processes_with(marker)) >= 5  # honcho, web, worker (+pool), beat, flower
+        # honcho, web, worker (+pool), beat, flower, mail
+        assert len(_processes_with(marker)) >= 6
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         process.wait(timeout=40)
@@ -105,4 +109,12 @@ def _flower_up(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).ok
     except requests.RequestException:
+        return False
+
+
+def _smtp_up(port: int) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=2) as client:
+            return client.noop()[0] == 250
+    except OSError:
         return False
