@@ -1,5 +1,6 @@
-"""Keep beat rows in step with task definitions however a task is saved (service,
-admin or plain ORM), inside the saving transaction (ScheduledTask.save is atomic)."""
+"""Keep beat rows (and email-trigger mailboxes) in step with task definitions however a
+task is saved (service, admin or plain ORM), inside the saving transaction
+(ScheduledTask.save is atomic)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from .models import ScheduledTask
+from .services.inbound_email import mailbox_ensure
 from .services.schedules import schedule_remove, schedule_sync
 
 SCHEDULE_FIELDS = frozenset({"type", "cron", "timezone", "run_at", "status", "name"})
@@ -26,6 +28,8 @@ def _sync_schedule(
         return
     if update_fields is None or SCHEDULE_FIELDS & set(update_fields):
         schedule_sync(task=instance)
+    if update_fields is None or "trigger" in update_fields or "type" in update_fields:
+        mailbox_ensure(task=instance)  # an email trigger gets its address with the task
 
 
 @receiver(post_delete, sender=ScheduledTask, dispatch_uid="tasks_app.remove_schedule")

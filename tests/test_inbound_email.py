@@ -503,3 +503,16 @@ def test_the_command_serves_smtp_and_stops_on_sigterm(tmp_path: Path) -> None:
     output = process.stdout.read().decode() if process.stdout else ""
     assert f"Receiving mail for *@{DOMAIN} on 127.0.0.1:{port}" in output
     assert "Stopped" in output
+
+
+def test_a_task_saved_outside_the_services_gets_its_address_too(user: Any) -> None:
+    """The admin and plain ORM saves go through the same post_save hook as the API."""
+    task = ScheduledTask(
+        owner=user,
+        name="from the admin",
+        type="trigger",
+        trigger={"type": "email", "config": {}},
+        action={"type": "webhook", "url": "https://example.com/x"},
+    )
+    task.save()
+    assert TaskMailbox.objects.filter(task=task).exists()

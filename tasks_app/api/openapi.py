@@ -109,6 +109,11 @@ def components() -> dict[str, Any]:
             "lastRun": stamp,
             "nextRun": stamp,
             "runCount": {"type": "integer"},
+            "emailAddress": {
+                "type": "string",
+                "nullable": True,
+                "description": "email-triggered tasks: the address that starts them",
+            },
             "createdAt": stamp,
             "updatedAt": stamp,
         },

@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from ..models import EDITABLE_FIELDS, ScheduledTask, TaskStatus, TaskType
 from ..validation import validate_task
-from .inbound_email import mailbox_ensure
 
 
 def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
@@ -32,7 +31,6 @@ def task_create(
     _check_run_at(task, now=timezone.now())
     with transaction.atomic():
         task.save()
-        mailbox_ensure(task=task)  # an email trigger gets its address with the task
     return task
 
 
@@ -53,7 +51,6 @@ def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
         task.status = TaskStatus.ACTIVE  # rescheduling a finished one-time task re-arms it
     with transaction.atomic():
         task.save()
-        mailbox_ensure(task=task)
     return task
 
 

@@ -1,5 +1,6 @@
-"""`python manage.py up`: migrate, make an admin login, then run web, worker, beat and
-Flower together under honcho (Procfile); Ctrl-C stops them all."""
+"""`python manage.py up`: migrate, make an admin login, then run web, worker, beat,
+Flower and the inbound mail receiver together under honcho (Procfile); Ctrl-C stops them
+all."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rest_framework.authtoken.models import Token
 
 
 class Command(BaseCommand):
-    help = "Prepare the database and start web, worker, beat and Flower together."
+    help = "Prepare the database and start web, worker, beat, Flower and mail together."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--port", type=int, default=int(os.environ.get("WEB_PORT", 8000)))
@@ -42,6 +43,10 @@ class Command(BaseCommand):
         self.stdout.write(f"  Admin   http://{host}:{port}/admin/  login: {username} / {password}")
         self.stdout.write(f"  Token   Authorization: Token {token}")
         self.stdout.write(f"  Flower  http://{host}:{flower}/")
+        self.stdout.write(
+            f"  Mail    smtp://{settings.SCHEDULER_SMTP_BIND}:{settings.SCHEDULER_SMTP_PORT} "
+            f"(email-triggered tasks, @{settings.SCHEDULER_INBOUND_EMAIL_DOMAIN})"
+        )
         self.stdout.write(f"  Data    {settings.DATA_DIR}")
         self.stdout.write("Stop everything with Ctrl-C.")
         if options["prepare_only"]:
