@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from typing import NoReturn
 
 import pytest
 
@@ -23,15 +24,22 @@ def reachable(address: tuple[str, int]) -> bool:
         return False
 
 
+def unavailable(message: str, *, remedy: str, label: str) -> NoReturn:
+    """Something a test needs is missing: skip loudly (a warning says ``remedy``), or fail
+    when CI=true."""
+    if CI:
+        pytest.fail(f"{message}, and CI=true requires it")
+    # stacklevel 3: the warning points at the test that asked for it.
+    warnings.warn(f"SKIPPING: {message}; {remedy}", stacklevel=3)
+    pytest.skip(f"{label}: {message}")
+
+
 def require(name: str, address: tuple[str, int]) -> None:
     """Skip (loudly) when the service is absent; fail when CI=true."""
     if reachable(address):
         return
     message = f"{name} is not reachable at {address[0]}:{address[1]}"
-    if CI:
-        pytest.fail(f"{message}, and CI=true requires it")
-    warnings.warn(f"SKIPPING: {message}; start it to run this test", stacklevel=2)
-    pytest.skip(f"SERVICE MISSING: {message}")
+    unavailable(message, remedy="start it to run this test", label="SERVICE MISSING")
 
 
 def require_postgres() -> None:
