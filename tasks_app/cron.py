@@ -1,13 +1,30 @@
 """Cron semantics in one place: parsing, validation and fire times in an IANA timezone.
 
-Expressions have exactly five fields (minute hour day-of-month month day-of-week) and
-are evaluated with cronsim in the schedule's own timezone, so wall-clock schedules
-follow daylight-saving changes the way cron does. The same functions decide when beat
-fires and which nominal occurrence a fire belongs to.
+Expressions have exactly five fields (minute hour day-of-month month day-of-week). The
+fields are matched against the *local wall clock* of the schedule's own timezone; cronsim
+enumerates matching wall-clock times (naively, as calendar values) and this module turns
+each into real instants. Daylight-saving changes are handled by these rules (the user
+documentation is docs/when-does-my-task-run.md):
+
+* Wall-clock schedules - the hour field is a number, a range or a list of them (no ``*``,
+  no ``/``), e.g. ``30 2 * * *``: every matching local time fires exactly once. A time in
+  a skipped stretch (spring forward) fires at the first instant after the gap; a time in
+  a repeated stretch (fall back) fires at the first of its two instants.
+* Absolute-time schedules - the hour field contains ``*`` or a step ``/``, e.g.
+  ``*/30 * * * *`` or ``0 */2 * * *``: they fire at every real instant whose local wall
+  clock matches, so a skipped stretch has no fires and a repeated one has its fires twice
+  on the wall clock, while no instant is lost or doubled in UTC.
+* Fire times strictly increase; two matching times that land on the same instant (two
+  skipped times moved to the end of the same gap) are one fire.
+
+The same functions decide when beat fires and which nominal occurrence (the execution
+key, in UTC) a fire belongs to.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
@@ -26,10 +43,39 @@ FIELD_MAX_LENGTHS = {
 }
 MAX_EXPRESSION_LENGTH = 120
 _HORIZON = timedelta(days=366 * 5)
+_SECOND = timedelta(seconds=1)
+_ZERO = timedelta(0)
 
 
 class CronError(ValueError):
     """The cron expression or timezone is not usable."""
+
+
+def _for_cronsim(expression: str) -> str:
+    """The expression as cronsim should read it.
+
+    cronsim reads a one-value range with a step (``0-0/2``) like ``0/2`` (0, 2, 4, ...);
+    cron and Celery mean just that one value, so such a part is passed on as the value.
+    """
+    fields = []
+    for field in expression.split():
+        parts = []
+        for part in field.split(","):
+            spec, slash, _ = part.partition("/")
+            low, dash, high = spec.partition("-")
+            same = low.upper() == high.upper() or (
+                low.isdigit() and high.isdigit() and int(low) == int(high)
+            )
+            parts.append(low if slash and dash and same else part)
+        fields.append(",".join(parts))
+    return " ".join(fields)
+
+
+def _offset(moment: datetime) -> timedelta:
+    """The UTC offset of an aware datetime (ZoneInfo always knows it)."""
+    offset = moment.utcoffset()
+    assert offset is not None
+    return offset
 
 
 @dataclass(frozen=True)
@@ -41,53 +87,147 @@ class Cron:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def follows_absolute_time(self) -> bool:
+        """True when the hour field has ``*`` or a step: the schedule then fires at every
+        real instant whose wall clock matches, instead of once per wall-clock time."""
+        hour = self.expression.split()[1]
+        return "*" in hour or "/" in hour
+
     def fields(self) -> dict[str, str]:
         """The five fields as django-celery-beat's CrontabSchedule stores them."""
         return dict(zip(FIELD_NAMES, self.expression.split(), strict=True))
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first fire time strictly after ``moment``, in UTC (None past the horizon)."""
-        moment = moment.astimezone(UTC)
-        local = moment.astimezone(self.zone)
-        try:
-            sim = CronSim(self.expression, local)
-            fire = next(sim)
-            # In a repeated (fall-back) hour cronsim counts on from the wall clock and
-            # may answer the earlier instant of that wall-clock time; skip such answers.
-            while fire.astimezone(UTC) <= moment:
-                fire = next(sim)
-        except (StopIteration, CronSimError):
-            return None
-        if fire - local > _HORIZON:
-            return None
-        return fire.astimezone(UTC)
+        return next(self._forward(moment), None)
 
     def latest_at_or_before(self, moment: datetime) -> datetime | None:
-        """The most recent fire time at or before ``moment``, in UTC."""
-        moment = moment.astimezone(UTC)
-        start = moment.astimezone(self.zone).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        try:
-            fire = next(CronSim(self.expression, start, reverse=True)).astimezone(UTC)
-        except (StopIteration, CronSimError):
-            return None
-        # In a repeated (fall-back) hour the wall clock runs backwards, so a fire that
-        # already happened can lie "ahead" of it; step forward to the real latest one.
-        while (later := self.next_after(fire)) is not None and later <= moment:
-            fire = later
-        return fire
+        """The most recent fire time at or before ``moment``, in UTC (None past the horizon)."""
+        return next(self._backward(moment), None)
 
     def upcoming(
         self, after: datetime, count: int, before: datetime | None = None
     ) -> list[datetime]:
         """Up to ``count`` fire times after ``after`` (and before ``before``, if given)."""
         runs: list[datetime] = []
-        moment: datetime | None = after
-        while moment is not None and len(runs) < count:
-            moment = self.next_after(moment)
-            if moment is None or (before is not None and moment >= before):
+        if count <= 0:
+            return runs
+        for fire in self._forward(after):
+            if before is not None and fire >= before:
                 break
-            runs.append(moment)
+            runs.append(fire)
+            if len(runs) >= count:
+                break
         return runs
+
+    # --- from matching wall-clock times to instants ----------------------------------
+    #
+    # cronsim walks naive local wall-clock times (no timezone, so no DST quirks of its
+    # own); each matching wall time is placed on the real time line here. Fires of
+    # neighbouring wall times can interleave (the second pass of a repeated hour comes
+    # after the first pass of later wall times), so both walks keep a small sorted list
+    # of pending fires and hand one out only once no later wall time can beat it.
+
+    def _place(
+        self, wall: datetime, zone: ZoneInfo, absolute: bool
+    ) -> tuple[list[datetime], datetime, datetime]:
+        """Fires (UTC, ascending) of the matching naive local time ``wall``, and bounds
+        ``low``/``high``: no fire of ``wall`` or a later wall time is before ``low``, and
+        no fire of ``wall`` or an earlier wall time is after ``high``."""
+        first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        if first == second:  # an ordinary local time: one instant
+            return [first], first, first
+        if first < second:
+            # Repeated (fall back): absolute-time schedules fire at both instants;
+            # wall-clock schedules once, at the first of the two.
+            fires = [first, second] if absolute else [first]
+            return fires, first, fires[-1]
+        # Skipped (spring forward): fold=1 reads the time with the offset after the
+        # change, fold=0 with the one before, so the change lies between them.
+        # Wall-clock schedules fire at the first instant after the gap; absolute-time
+        # schedules do not fire (that wall-clock time never happens).
+        end = self._gap_end(second, first, zone)
+        return ([] if absolute else [end]), end, end
+
+    @staticmethod
+    def _gap_end(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+        """The instant of the offset change between ``before`` and ``after`` (UTC)."""
+        old = _offset(before.astimezone(zone))
+        while after - before > _SECOND:
+            middle = before + _SECOND * ((after - before) // _SECOND // 2)
+            if _offset(middle.astimezone(zone)) == old:
+                before = middle
+            else:
+                after = middle
+        return after
+
+    def _forward(self, moment: datetime) -> Iterator[datetime]:
+        """Fire times strictly after ``moment``, ascending, in UTC, up to the horizon."""
+        zone, absolute = self.zone, self.follows_absolute_time
+        local = moment.astimezone(zone)
+        start = local.replace(tzinfo=None, fold=0)
+        # In the first pass of a repeated hour, earlier wall times still have their
+        # second instant ahead: start the walk that much earlier on the wall clock.
+        start -= max(_ZERO, _offset(local) - _offset(local.replace(fold=1)))
+        try:
+            walls = CronSim(_for_cronsim(self.expression), start)
+        except CronSimError:
+            return
+        last = moment.astimezone(UTC)
+        pending: list[datetime] = []
+        for wall in walls:
+            if wall - start > _HORIZON:
+                break
+            fires, low, _ = self._place(wall, zone, absolute)
+            for fire in fires:
+                if fire > last:
+                    bisect.insort(pending, fire)
+            while pending and pending[0] <= low:
+                fire = pending.pop(0)
+                if fire > last:  # equal instants are one fire
+                    last = fire
+                    yield fire
+        for fire in pending:
+            if fire > last:
+                last = fire
+                yield fire
+
+    def _backward(self, moment: datetime) -> Iterator[datetime]:
+        """Fire times at or before ``moment``, descending, in UTC, back to the horizon."""
+        zone, absolute = self.zone, self.follows_absolute_time
+        local = moment.astimezone(zone)
+        start = local.replace(tzinfo=None, fold=0)
+        # In the second pass of a repeated hour, later wall times already had their
+        # first instant: start the walk that much later on the wall clock.
+        start += max(_ZERO, _offset(local.replace(fold=0)) - _offset(local))
+        try:
+            # A start with microseconds makes cronsim look at its whole second first.
+            walls = CronSim(
+                _for_cronsim(self.expression), start.replace(microsecond=1), reverse=True
+            )
+        except CronSimError:
+            return
+        last = moment.astimezone(UTC) + _SECOND  # anything later than every fire wanted
+        limit = moment.astimezone(UTC)
+        pending: list[datetime] = []
+        for wall in walls:
+            if start - wall > _HORIZON:
+                break
+            fires, _, high = self._place(wall, zone, absolute)
+            for fire in fires:
+                if fire <= limit and fire < last:
+                    bisect.insort(pending, fire)
+            while pending and pending[-1] >= high:
+                fire = pending.pop()
+                if fire < last:  # equal instants are one fire
+                    last = fire
+                    yield fire
+        for fire in reversed(pending):
+            if fire < last:
+                last = fire
+                yield fire
 
 
 def validate_timezone(name: str) -> str:
