@@ -80,8 +80,15 @@ def pytest_report_header(config: Any) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
-    """Throttle counters live in the cache: every test starts with none."""
+def _fresh_cache(settings: Any) -> None:
+    """Throttle counters live in the cache: every test starts with none, in a cache of
+    its own process (the embedded default is a file cache other test runs may share)."""
     from django.core.cache import cache
 
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"tests-{os.getpid()}",
+        }
+    }
     cache.clear()
