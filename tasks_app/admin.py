@@ -132,9 +132,22 @@ class TaskExecutionAdmin(admin.ModelAdmin):
 
 @admin.register(TaskWebhook)
 class TaskWebhookAdmin(admin.ModelAdmin):
-    list_display = ("webhook_id", "task", "active", "created_at", "last_used_at")
-    exclude = ("secret",)
-    readonly_fields = ("webhook_id", "created_at", "last_used_at")
+    list_display = (
+        "webhook_id",
+        "task",
+        "active",
+        "require_signature",
+        "created_at",
+        "last_used_at",
+    )
+    exclude = ("secret", "previous_secret")  # shown once, by the API, never again
+    readonly_fields = (
+        "webhook_id",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "previous_secret_expires_at",
+    )
     list_select_related = ("task",)
 
 

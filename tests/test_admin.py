@@ -136,3 +136,26 @@ def test_beat_rows_of_tasks_are_read_only_in_beats_admin(client: Any, operator: 
         {"action": "disable_tasks", "_selected_action": [task.periodic_task_id]},
     )
     assert PeriodicTask.objects.get(pk=task.periodic_task_id).enabled is True
+
+
+def test_webhook_secrets_never_show_in_the_admin(client: Any, operator: Any) -> None:
+    from datetime import timedelta as _td
+
+    from tasks_app.services import triggers
+
+    task = ScheduledTask.objects.create(
+        owner=operator,
+        name="hooked",
+        type="trigger",
+        trigger={"type": "webhook", "config": {}},
+        action={"type": "webhook", "url": "https://example.com/x"},
+    )
+    hook, first = triggers.webhook_create(task=task)
+    second = triggers.webhook_rotate(webhook=hook, grace=_td(hours=1))
+    pages = [
+        client.get("/admin/tasks_app/taskwebhook/").content.decode(),
+        client.get(f"/admin/tasks_app/taskwebhook/{hook.pk}/change/").content.decode(),
+    ]
+    for page in pages:
+        assert hook.webhook_id in page
+        assert first not in page and second not in page
