@@ -441,3 +441,31 @@ def test_the_guides_ai_prompt_requests_work_as_written(api: APIClient, body: Any
     task = response.json()
     assert task["action"] == body["action"] and task["schedule"] == body["schedule"]
     assert task["notification"] == body["notification"]
+
+
+def test_create_run_now_and_preview_are_throttled_per_user(
+    api: APIClient, other: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(
+        ScopedRateThrottle,
+        "THROTTLE_RATES",
+        {"task-write": "2/min", "task-run": "1/min", "preview": "1/min"},
+    )
+    codes = [api.post("/api/tasks", DAILY_REPORT, format="json").status_code for _ in range(3)]
+    assert codes == [201, 201, 429]
+    assert ScheduledTask.objects.count() == 2
+    task_id = ScheduledTask.objects.first().pk  # type: ignore[union-attr]
+    runs = [api.post(f"/api/tasks/{task_id}/run").status_code for _ in range(2)]
+    assert runs == [202, 429]
+    preview = {"schedule": {"cron": "0 9 * * *"}, "count": 3}
+    previews = [
+        api.post("/api/schedules/preview", preview, format="json").status_code for _ in range(2)
+    ]
+    assert previews == [200, 429]
+    # another user has budgets of their own
+    assert (
+        other.post("/api/tasks", DAILY_REPORT | {"userId": "mallory"}, format="json").status_code
+        == 201
+    )
