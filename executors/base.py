@@ -28,6 +28,11 @@ class ActionConfig(BaseModel):
 ConfigT = TypeVar("ConfigT", bound=ActionConfig)
 
 
+#: Tells our own inbound endpoints (webhooks, events, e-mail) how many triggers deep a
+#: request is, so a trigger that feeds itself stops (loop protection).
+TRIGGER_DEPTH_HEADER = "X-Scheduler-Trigger-Depth"
+
+
 class ExecutionHost(Protocol):
     """What the application offers an executor beyond its config (implemented in
     ``tasks_app.services.host``; executors never import ``tasks_app``)."""

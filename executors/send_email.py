@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from django.core.mail import EmailMultiAlternatives, get_connection
 from pydantic import Field, field_validator
 
-from .base import ActionConfig, ActionResult, ExecutionContext, Executor
+from .base import TRIGGER_DEPTH_HEADER, ActionConfig, ActionResult, ExecutionContext, Executor
 from .errors import PermanentError, RetryableError
 from .fields import email_addresses, single_line
 
@@ -42,7 +42,10 @@ class SendEmailExecutor(Executor[SendEmailConfig]):
             to=config.to,
             cc=config.cc,
             bcc=config.bcc,
-            headers={"Message-ID": message_id},
+            headers={
+                "Message-ID": message_id,
+                TRIGGER_DEPTH_HEADER: str(ctx.trigger_depth + 1),
+            },
             connection=get_connection(timeout=ctx.egress.timeout),
         )
         if config.html:

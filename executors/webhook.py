@@ -7,14 +7,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, JsonValue, field_validator
 
 from . import egress
-from .base import ActionConfig, ActionResult, ExecutionContext, Executor
+from .base import TRIGGER_DEPTH_HEADER, ActionConfig, ActionResult, ExecutionContext, Executor
 from .errors import PermanentError, RetryableError
 
 KEPT_HEADERS = ("content-type", "content-length", "location", "retry-after", "etag", "x-request-id")
 MAX_BODY_CHARS = 65536
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-#: Tells our own inbound endpoints how many triggers deep a request is (loop protection).
-DEPTH_HEADER = "X-Scheduler-Trigger-Depth"
+DEPTH_HEADER = TRIGGER_DEPTH_HEADER
 
 
 class WebhookConfig(ActionConfig):

@@ -495,3 +495,32 @@ def test_contains_an_object_in_an_object_is_unmet_not_a_crash(user: Any) -> None
     set_variable(user, "flags", {"beta": True})
     condition = {"type": "variable", "field": "flags", "operator": "contains", "value": {"a": 1}}
     assert not holds(user, condition)
+
+
+def test_a_scheduled_run_is_judged_at_its_nominal_time_not_its_late_start(
+    user: Any, hook: Receiver
+) -> None:
+    """The occurrence was due at 09:00 New York; the worker starts it hours late, yet
+    `less 09:30` is judged at 09:00, so it runs (now, it would be skipped)."""
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    hook.reply("/hook", Reply(body={"ok": True}))
+    task = make_task(
+        user,
+        [{"type": "time", "operator": "less", "value": "09:30"}],
+        zone="America/New_York",
+        url=f"{hook.url}/hook",
+    )
+    nominal = dt(2026, 3, 2, 14, 0, tzinfo=UTC)  # 09:00 in New York (EST)
+    queued = TaskExecution.objects.create(
+        task=task, trigger=ExecutionTrigger.SCHEDULED, scheduled_for=nominal
+    )
+    claimed = executions.execution_claim(
+        execution_id=str(queued.pk), attempt=1, worker=executions.worker_identity()
+    )
+    assert claimed is not None
+    executions.execution_run(execution=claimed)
+    queued.refresh_from_db()
+    assert queued.status == ExecutionStatus.COMPLETED, queued.error
+    assert len(hook.received("/hook")) == 1

@@ -875,3 +875,23 @@ def test_hard_time_limit_kill_fails_the_attempt_instead_of_rerunning_it(user: An
     # A later report for the same attempt changes nothing.
     run_task.on_failure(TimeLimitExceeded(20.0), "celery-id", (), kwargs, None)
     assert TaskExecution.objects.get(pk=execution.pk).logs == stored.logs
+
+
+def test_the_soft_time_limit_interrupts_the_attempt_and_the_retry_policy_applies(
+    user: Any, conf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def too_slow(action: Any, ctx: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(executions, "run_action", too_slow)
+    task = webhook_task(
+        user, "https://example.com/slow", retry_policy={"maxRetries": 1, "jitter": 0}
+    )
+    claimed = executions.execution_claim(execution_id=str(queued(task).pk), attempt=1, worker="a:1")
+    assert claimed is not None
+    outcome = executions.execution_run(execution=claimed)
+    assert outcome == executions.Outcome(status=ExecutionStatus.RETRYING, retry_in=60.0)
+    stored = TaskExecution.objects.get(pk=claimed.pk)
+    assert stored.error == "the action ran past its time limit and was interrupted"

@@ -516,3 +516,21 @@ def test_a_task_saved_outside_the_services_gets_its_address_too(user: Any) -> No
     )
     task.save()
     assert TaskMailbox.objects.filter(task=task).exists()
+
+
+def test_mail_from_our_own_runs_counts_toward_the_trigger_depth(user: Any, smtp_port: int) -> None:
+    """A send-email action mailing its own task's address would loop: our outgoing mail
+    carries X-Scheduler-Trigger-Depth, and past the limit the run is recorded failed."""
+    from tasks_app.services.triggers import MAX_TRIGGER_DEPTH
+
+    task = email_task(user)
+    to = address_of(task)
+    send(port=smtp_port, msg=message(to, message_id="<d1@x>", X_Scheduler_Trigger_Depth="2"))
+    send(
+        port=smtp_port,
+        msg=message(to, message_id="<d2@x>", X_Scheduler_Trigger_Depth=str(MAX_TRIGGER_DEPTH + 1)),
+    )
+    first, second = TaskExecution.objects.filter(task=task).order_by("queued_at")
+    assert (first.trigger_depth, first.status) == (2, "queued")
+    assert second.trigger_depth == MAX_TRIGGER_DEPTH + 1
+    assert second.status == "failed" and second.error.startswith("trigger loop:")

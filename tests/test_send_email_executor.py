@@ -35,6 +35,7 @@ def test_the_guide_email_arrives(smtp: Inbox) -> None:
     assert message.get_payload(decode=True).decode().strip() == "Here is your daily report..."
     assert result.output["messageId"] == message["Message-ID"]
     assert "exec-1" in message["Message-ID"]
+    assert message["X-Scheduler-Trigger-Depth"] == "1"  # loop protection for mail triggers
 
 
 def test_cc_bcc_and_html_alternative(smtp: Inbox) -> None:

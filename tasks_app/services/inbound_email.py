@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
+from executors.base import TRIGGER_DEPTH_HEADER
 from executors.errors import PermanentError
 from executors.file_operation import FILE_FLAGS, FilesRoot, display
 
@@ -48,7 +49,7 @@ from ..models import (
     TriggerType,
 )
 from .host import owner_files_root
-from .triggers import trigger_start
+from .triggers import depth_from, trigger_start
 
 if TYPE_CHECKING:
     from aiosmtpd.controller import Controller
@@ -217,6 +218,8 @@ class ParsedMessage:
     date: str | None
     auto_submitted: bool
     attachments: list[Attachment] = field(default_factory=list)
+    #: Loop protection: mail sent by our own send-email actions says how deep it is.
+    trigger_depth: int = 0
 
     def payload(
         self, *, to: str, envelope_from: str, attachments: list[dict[str, Any]]
@@ -362,6 +365,7 @@ def message_parse(content: bytes) -> ParsedMessage:
         message_id=_header(message, "Message-ID")[:255] or None,
         date=_date(message),
         auto_submitted=bool(auto) and not auto.startswith("no"),
+        trigger_depth=depth_from({TRIGGER_DEPTH_HEADER: _header(message, TRIGGER_DEPTH_HEADER)}),
         attachments=_attachments(
             message, [cast(EmailMessage | None, text_part), cast(EmailMessage | None, html_part)]
         ),
@@ -466,7 +470,9 @@ def _seen(task_id: Any, message_id: str) -> bool:
     ).exists()
 
 
-def _start(*, task_id: Any, message_id: str | None, payload: dict[str, Any]) -> str | None:
+def _start(
+    *, task_id: Any, message_id: str | None, payload: dict[str, Any], depth: int = 0
+) -> str | None:
     """Queue the run unless the task stopped taking mail or already has this message."""
     with transaction.atomic():
         # The row lock serialises two deliveries of one message to one task.
@@ -475,7 +481,9 @@ def _start(*, task_id: Any, message_id: str | None, payload: dict[str, Any]) -> 
             return None
         if message_id and _seen(task_id, message_id):
             return None
-        execution = trigger_start(task=task, trigger=ExecutionTrigger.EMAIL, payload=payload)
+        execution = trigger_start(
+            task=task, trigger=ExecutionTrigger.EMAIL, payload=payload, depth=depth
+        )
     return str(execution.pk)
 
 
@@ -503,7 +511,12 @@ def message_deliver(*, content: bytes, sender: str, recipients: Sequence[str]) -
                 owner_id=task.owner_id, attachments=parsed.attachments
             )
         payload = parsed.payload(to=address, envelope_from=sender, attachments=saved[task.owner_id])
-        execution_id = _start(task_id=task.pk, message_id=parsed.message_id, payload=payload)
+        execution_id = _start(
+            task_id=task.pk,
+            message_id=parsed.message_id,
+            payload=payload,
+            depth=parsed.trigger_depth,
+        )
         if execution_id is None:
             delivery.duplicates += 1
         else:
