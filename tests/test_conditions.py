@@ -524,3 +524,34 @@ def test_a_scheduled_run_is_judged_at_its_nominal_time_not_its_late_start(
     queued.refresh_from_db()
     assert queued.status == ExecutionStatus.COMPLETED, queued.error
     assert len(hook.received("/hook")) == 1
+
+
+def test_a_one_time_task_whose_only_occurrence_is_skipped_is_done(
+    user: Any, hook: Receiver
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks_app.models import TaskStatus
+
+    task = task_create(
+        owner=user,
+        name="once, if production",
+        type="one-time",
+        run_at=timezone.now() + timedelta(hours=1),
+        action={"type": "webhook", "url": f"{hook.url}/hook"},
+        conditions=[GUIDE_VARIABLE],
+    )
+    queued = TaskExecution.objects.create(
+        task=task, trigger=ExecutionTrigger.SCHEDULED, scheduled_for=task.run_at
+    )
+    claimed = executions.execution_claim(
+        execution_id=str(queued.pk), attempt=1, worker=executions.worker_identity()
+    )
+    assert claimed is not None
+    executions.execution_run(execution=claimed)
+    task.refresh_from_db()
+    assert TaskExecution.objects.get(pk=queued.pk).status == ExecutionStatus.SKIPPED
+    assert (task.status, task.next_run) == (TaskStatus.COMPLETED, None)
+    assert hook.received("/hook") == []

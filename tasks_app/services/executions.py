@@ -424,6 +424,23 @@ def _finish(
         from .triggers import system_event_emit
 
         system_event_emit(execution=execution, status=status)
+    elif status == ExecutionStatus.SKIPPED and _is_the_one_time_occurrence(execution):
+        # A one-time task whose single occurrence was skipped (a condition did not hold)
+        # will never run: it is done, not "active" forever with no next run.
+        task = execution.task
+        task.status = TaskStatus.COMPLETED
+        task.save(update_fields=["status", "updated_at"])
+        ScheduledTask.objects.filter(pk=task.pk).update(next_run=None)
+
+
+def _is_the_one_time_occurrence(execution: TaskExecution) -> bool:
+    task = execution.task
+    return (
+        task.type == TaskType.ONE_TIME
+        and execution.trigger == ExecutionTrigger.SCHEDULED
+        and task.status == TaskStatus.ACTIVE
+        and task.run_at == execution.scheduled_for
+    )
 
 
 def _notify_after_commit(execution: TaskExecution, status: str) -> None:
