@@ -121,6 +121,9 @@ class ScheduledTask(models.Model):
     retry_policy = models.JSONField(default=dict, blank=True)
     notification = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.ACTIVE)
+    pause_reason = models.CharField(
+        max_length=500, blank=True, default="", help_text="Why the task was paused"
+    )
     last_run = models.DateTimeField(null=True, blank=True)
     next_run = models.DateTimeField(null=True, blank=True)
     run_count = models.PositiveIntegerField(default=0)

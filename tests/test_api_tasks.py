@@ -469,3 +469,22 @@ def test_create_run_now_and_preview_are_throttled_per_user(
         other.post("/api/tasks", DAILY_REPORT | {"userId": "mallory"}, format="json").status_code
         == 201
     )
+
+
+def test_a_pause_remembers_why_until_resumed(api: APIClient) -> None:
+    task_id = api.post("/api/tasks", DAILY_REPORT, format="json").json()["id"]
+    assert api.get(f"/api/tasks/{task_id}").json()["pauseReason"] is None
+    paused = api.post(f"/api/tasks/{task_id}/pause", {"reason": "vendor outage"}, format="json")
+    assert paused.status_code == 200
+    assert (paused.json()["status"], paused.json()["pauseReason"]) == ("paused", "vendor outage")
+    assert api.get(f"/api/tasks/{task_id}").json()["pauseReason"] == "vendor outage"
+    resumed = api.post(f"/api/tasks/{task_id}/resume").json()
+    assert (resumed["status"], resumed["pauseReason"]) == ("active", None)
+    assert api.post(f"/api/tasks/{task_id}/pause").json()["pauseReason"] is None  # no body
+    bad = api.post(f"/api/tasks/{task_id}/pause", {"reason": "x" * 501}, format="json")
+    assert bad.status_code == 400 and "reason" in bad.json()
+    unknown = api.post(f"/api/tasks/{task_id}/pause", {"why": "x"}, format="json")
+    assert unknown.status_code == 400
+    ignored = api.put(f"/api/tasks/{task_id}", {"pauseReason": "sneaky"}, format="json")
+    assert ignored.status_code in (200, 400)
+    assert ScheduledTask.objects.get(pk=task_id).pause_reason == ""

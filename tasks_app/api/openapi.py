@@ -109,6 +109,7 @@ def components() -> dict[str, Any]:
             "lastRun": stamp,
             "nextRun": stamp,
             "runCount": {"type": "integer"},
+            "pauseReason": {"type": "string", "nullable": True},
             "emailAddress": {
                 "type": "string",
                 "nullable": True,

@@ -17,6 +17,7 @@ from ..storable import unstorable
 READ_ONLY = {
     *("id", "status", "lastRun", "nextRun", "runCount", "createdAt", "updatedAt"),
     "emailAddress",
+    "pauseReason",
 }
 SCHEDULE_KEYS = {"cron", "timezone", "at"}
 
@@ -53,6 +54,7 @@ def task_to_json(task: ScheduledTask) -> dict[str, Any]:
         "retryPolicy": task.retry_policy,
         "notification": task.notification,
         "status": task.status,
+        "pauseReason": task.pause_reason or None,
         "lastRun": _iso(task.last_run),
         "nextRun": _iso(task.next_run),
         "runCount": task.run_count,

@@ -24,6 +24,7 @@ from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from .. import selectors
 from ..models import ScheduledTask, TaskStatus, TaskType, TriggerType
 from ..services import definitions, dispatch, triggers
+from ..storable import unstorable
 from . import openapi
 from .common import caller, int_param, path_errors
 from .payloads import PayloadError, execution_to_json, parse_owner, parse_task, task_to_json
@@ -110,7 +111,15 @@ LIMIT = OpenApiParameter("limit", int, description="how many, newest first")
         request={"application/json": openapi.ref("TaskUpdate")}, responses={200: TASK, 400: ERRORS}
     ),
     destroy=extend_schema(responses={204: None}),
-    pause=extend_schema(request=None, responses={200: TASK}),
+    pause=extend_schema(
+        request={
+            "application/json": {
+                "type": "object",
+                "properties": {"reason": {"type": "string", "maxLength": 500}},
+            }
+        },
+        responses={200: TASK, 400: ERRORS},
+    ),
     resume=extend_schema(request=None, responses={200: TASK}),
     run=extend_schema(request=None, responses={202: EXECUTION}),
     executions=extend_schema(
@@ -241,8 +250,16 @@ class TaskViewSet(viewsets.ViewSet):
         return Response(status=204)
 
     @action(detail=True, methods=["post"])
+    @path_errors
     def pause(self, request: Request, pk: str) -> Response:
-        return Response(task_to_json(definitions.task_pause(task=self._task(request, pk))))
+        task = self._task(request, pk)
+        body = request.data if request.data else {}
+        if not isinstance(body, dict) or set(body) - {"reason"}:
+            raise PayloadError({"(body)": ["only a reason may be given"]})
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 500 or unstorable(reason):
+            raise PayloadError({"reason": ["must be text of at most 500 characters"]})
+        return Response(task_to_json(definitions.task_pause(task=task, reason=reason.strip())))
 
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str) -> Response:

@@ -54,17 +54,24 @@ def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
     return task
 
 
-def task_pause(*, task: ScheduledTask) -> ScheduledTask:
+def task_pause(*, task: ScheduledTask, reason: str = "") -> ScheduledTask:
+    """Pause an active task, remembering why (a paused one keeps its first reason unless
+    a new one is given)."""
     if task.status == TaskStatus.ACTIVE:
         task.status = TaskStatus.PAUSED
-        task.save(update_fields=["status", "updated_at"])
+        task.pause_reason = reason
+        task.save(update_fields=["status", "pause_reason", "updated_at"])
+    elif task.status == TaskStatus.PAUSED and reason:
+        task.pause_reason = reason
+        task.save(update_fields=["pause_reason", "updated_at"])
     return task
 
 
 def task_resume(*, task: ScheduledTask) -> ScheduledTask:
     if task.status == TaskStatus.PAUSED:
         task.status = TaskStatus.ACTIVE
-        task.save(update_fields=["status", "updated_at"])
+        task.pause_reason = ""
+        task.save(update_fields=["status", "pause_reason", "updated_at"])
     return task
 
 
