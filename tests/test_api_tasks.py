@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from tasks_app.models import ScheduledTask, TaskExecution
 from tests.api_clients import client_for
+from tests.guide import GUIDE_CREATE
 
 pytestmark = pytest.mark.django_db
 
@@ -406,20 +407,6 @@ def test_staff_may_act_for_another_user(api: APIClient, django_user_model: Any) 
     assert api.get("/api/tasks?userId=ops").status_code == 403
 
 
-GUIDE_CREATE = {
-    "userId": "user-123",
-    "name": "Daily Report",
-    "description": "Generate daily analytics report",
-    "type": "recurring",
-    "schedule": {"cron": "0 9 * * *", "timezone": "America/New_York"},
-    "action": {
-        "type": "ai-prompt",
-        "prompt": "Generate a comprehensive daily analytics report...",
-        "model": "claude-3-5-sonnet-20241022",
-    },
-    "retryPolicy": {"maxRetries": 3, "backoffMs": 60000},
-    "notification": {"onSuccess": False, "onFailure": True, "channels": ["email"]},
-}
 GUIDE_EXAMPLE_1 = {
     "userId": "user-123",
     "name": "Morning Briefing",

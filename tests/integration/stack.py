@@ -171,9 +171,9 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def children_connected_to(self, name: str, port: int) -> list[int]:
+    def childrenconnected_to(self, name: str, port: int) -> list[int]:
         """PIDs of ``name``'s pool processes with a TCP connection open to ``port``."""
-        return [pid for pid in self.children(name) if _connected_to(pid, port)]
+        return [pid for pid in self.children(name) if connected_to(pid, port)]
 
     def stop_process(self, name: str, timeout: float = 15) -> None:
         """SIGTERM the main process (as Docker or systemd do), wait, then SIGKILL whatever
@@ -251,7 +251,7 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def _connected_to(pid: int, port: int) -> bool:
+def connected_to(pid: int, port: int) -> bool:
     """Whether process ``pid`` has a TCP (IPv4) connection to 127.0.0.1:``port``."""
     suffix = f":{port:04X}"
     inodes = set()

@@ -20,6 +20,7 @@ import requests
 
 from tests.anthropic_standin import PATH as CLAUDE_PATH
 from tests.anthropic_standin import message as claude_message
+from tests.guide import GUIDE_CREATE
 from tests.http_receiver import Receiver, Reply
 from tests.integration.conftest import Mailbox, make_stack
 from tests.integration.stack import Stack, procfile_commands, wait_until
@@ -131,14 +132,7 @@ def test_example_1_morning_briefing(
         "Generate a morning briefing with: 1) Top news headlines 2) Weather "
         "3) Calendar events 4) To-do list priorities"
     )
-    body: dict[str, Any] = {
-        "userId": USER,
-        "name": "Morning Briefing",
-        "type": "recurring",
-        "schedule": {"cron": "0 8 * * 1-5", "timezone": "America/New_York"},
-        "action": {"type": "ai-prompt", "prompt": prompt},
-        "notification": {"onSuccess": True, "channels": ["email"]},
-    }
+    body: dict[str, Any] = {**GUIDE_CREATE, "userId": USER}
     task = api.expect(201, "POST", "/api/tasks", json=body)
     subset({k: body[k] for k in ("userId", "name", "type", "schedule", "action")}, task)
     subset(body["notification"], task["notification"])

@@ -14,7 +14,7 @@ import pytest
 
 from tests.http_receiver import Receiver, Reply
 from tests.integration.conftest import create_tasks, make_stack
-from tests.integration.stack import Stack, procfile_commands, wait_until
+from tests.integration.stack import Stack, connected_to, procfile_commands, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -162,7 +162,9 @@ def test_pool_process_killed_mid_task_reruns_once(stack: Stack, http: Receiver) 
         },
     )
     requests_to(stack, http, path, timeout=45)
-    busy = [pid for pid in stack.children("worker") if _sends_to(pid, http)]
+    busy = [
+        pid for pid in stack.children("worker") if connected_to(pid, http.server.server_address[1])
+    ]
     assert busy, "no pool process is talking to the receiver"
     os.kill(busy[0], signal.SIGKILL)
     requests = requests_to(stack, http, path, 2, timeout=60)
@@ -171,21 +173,6 @@ def test_pool_process_killed_mid_task_reruns_once(stack: Stack, http: Receiver) 
     assert execution["deliveries"] == 2
     keys = {r.headers["Idempotency-Key"] for r in requests}
     assert keys == {uuid_text(execution["id"])}
-
-
-def _sends_to(pid: int, http: Receiver) -> bool:
-    """Whether process ``pid`` has a TCP connection to the receiver's port."""
-    port = f"{http.server.server_address[1]:04X}"
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-        lines = open(f"/proc/{pid}/net/tcp").read().splitlines()[1:]
-    except OSError:
-        return False
-    return any(line.split()[2].endswith(f":{port}") and line.split()[9] in inodes for line in lines)
 
 
 def test_worker_killed_mid_task_reruns_once(stack: Stack, http: Receiver) -> None:
