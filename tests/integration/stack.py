@@ -171,7 +171,7 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def childrenconnected_to(self, name: str, port: int) -> list[int]:
+    def children_connected_to(self, name: str, port: int) -> list[int]:
         """PIDs of ``name``'s pool processes with a TCP connection open to ``port``."""
         return [pid for pid in self.children(name) if connected_to(pid, port)]
 
