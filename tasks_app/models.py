@@ -54,6 +54,22 @@ class ExecutionStatus(models.TextChoices):
     RETRYING = "retrying", "Retrying"
 
 
+class MisfirePolicy(models.TextChoices):
+    """What happens to occurrences that could not fire on time (the scheduler was down)."""
+
+    SKIP = "skip", "Skip missed runs"
+    RUN_ONCE = "runOnce", "Run the latest missed once"
+    RUN_ALL = "runAll", "Run every missed (within the catch-up window)"
+
+
+class OverlapPolicy(models.TextChoices):
+    """What an occurrence does while an earlier run of the task is still going."""
+
+    SKIP = "skip", "Skip it"
+    QUEUE = "queue", "Queue it (at most one waiting)"
+    ALLOW = "allow", "Run it alongside"
+
+
 class ExecutionTrigger(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled"
     MANUAL = "manual", "Run now"
@@ -75,10 +91,19 @@ EDITABLE_FIELDS = (
     "conditions",
     "retry_policy",
     "notification",
+    "misfire_policy",
+    "catchup_window_seconds",
+    "overlap_policy",
+    "jitter_seconds",
+    "start_at",
+    "end_at",
+    "grace_seconds",
 )
 DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "owner"})
 # Written by the runtime with conditional updates, never by a full save of a stale object.
-RUNTIME_FIELDS = frozenset({"last_run", "next_run", "run_count", "periodic_task"})
+RUNTIME_FIELDS = frozenset(
+    {"last_run", "next_run", "run_count", "periodic_task", "paused_at", "late_since"}
+)
 
 
 # The guide's JSON names of the editable parts of a task, and their model fields.
@@ -97,6 +122,13 @@ SCHEDULE_PATH_FIELDS = {
     "schedule.cron": "cron",
     "schedule.timezone": "timezone",
     "schedule.at": "run_at",
+    "schedule.misfirePolicy": "misfire_policy",
+    "schedule.catchupWindowSeconds": "catchup_window_seconds",
+    "schedule.overlapPolicy": "overlap_policy",
+    "schedule.jitterSeconds": "jitter_seconds",
+    "schedule.startAt": "start_at",
+    "schedule.endAt": "end_at",
+    "schedule.graceSeconds": "grace_seconds",
 }
 
 
@@ -123,6 +155,30 @@ class ScheduledTask(models.Model):
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.ACTIVE)
     pause_reason = models.CharField(
         max_length=500, blank=True, default="", help_text="Why the task was paused"
+    )
+    misfire_policy = models.CharField(
+        max_length=8, choices=MisfirePolicy.choices, default=MisfirePolicy.RUN_ONCE
+    )
+    catchup_window_seconds = models.PositiveIntegerField(
+        default=3600, help_text="runAll: how far back missed occurrences still run"
+    )
+    overlap_policy = models.CharField(
+        max_length=8, choices=OverlapPolicy.choices, default=OverlapPolicy.SKIP
+    )
+    jitter_seconds = models.PositiveIntegerField(
+        default=0, help_text="Start each run up to this many seconds after its time"
+    )
+    start_at = models.DateTimeField(null=True, blank=True, help_text="No runs before this")
+    end_at = models.DateTimeField(null=True, blank=True, help_text="No runs after this")
+    grace_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Late (dead-man's switch) when a run has not started this long after its "
+        "time; empty: SCHEDULER_LATE_AFTER_SECONDS",
+    )
+    paused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    late_since = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The occurrence found late"
     )
     last_run = models.DateTimeField(null=True, blank=True)
     next_run = models.DateTimeField(null=True, blank=True)
@@ -250,6 +306,10 @@ class TaskExecution(models.Model):
     trigger_depth = models.PositiveSmallIntegerField(
         default=0, help_text="How many triggers led here (loop protection)"
     )
+    held = models.BooleanField(
+        default=False,
+        help_text="Waiting for the task's earlier run to finish (overlap queue, catch-up)",
+    )
 
     class Meta:
         db_table = "task_executions"
@@ -257,6 +317,12 @@ class TaskExecution(models.Model):
         indexes = [
             models.Index(fields=["task", "-queued_at"], name="execution_task_recent"),
             models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
+            # "Is a run of this task still going?" (overlap policy, dead-man's switch)
+            models.Index(
+                fields=["task", "status"],
+                condition=Q(status__in=["queued", "running", "retrying"]),
+                name="execution_unfinished",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -21,7 +21,7 @@ from executors.base import error_path
 from executors.errors import ConfigError
 
 from . import cron as cronlib
-from .models import ActionType, TaskType
+from .models import ActionType, MisfirePolicy, OverlapPolicy, TaskType
 from .specs import TRIGGER_CONFIGS, Conditions, Notification, RetryPolicy, Trigger
 
 if TYPE_CHECKING:
@@ -70,6 +70,49 @@ def validate_action(action: Any, errors: Errors, prefix: str = "action") -> None
                 errors.add(_join(prefix, path), message)
 
 
+#: Bounds of the schedule's controls (seconds).
+CATCHUP_WINDOW = (60, 7 * 86_400)
+#: Jitter stays well under the broker's visibility timeout (countdown messages).
+MAX_JITTER = 900
+GRACE = (30, 7 * 86_400)
+
+
+def _seconds(errors: Errors, path: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        errors.add(path, f"must be a whole number of seconds from {low} to {high}")
+
+
+def _validate_schedule_options(task: ScheduledTask, errors: Errors) -> None:
+    if task.misfire_policy not in MisfirePolicy.values:
+        errors.add("schedule.misfirePolicy", f"must be one of {', '.join(MisfirePolicy.values)}")
+    if task.overlap_policy not in OverlapPolicy.values:
+        errors.add("schedule.overlapPolicy", f"must be one of {', '.join(OverlapPolicy.values)}")
+    _seconds(errors, "schedule.catchupWindowSeconds", task.catchup_window_seconds, *CATCHUP_WINDOW)
+    _seconds(errors, "schedule.jitterSeconds", task.jitter_seconds, 0, MAX_JITTER)
+    if task.grace_seconds is not None:
+        _seconds(errors, "schedule.graceSeconds", task.grace_seconds, *GRACE)
+    for path, value in (("schedule.startAt", task.start_at), ("schedule.endAt", task.end_at)):
+        if value is None:
+            continue
+        if not (isinstance(value, datetime) and timezone.is_aware(value)):
+            errors.add(path, "must be a date and time with a timezone offset")
+        elif task.type != TaskType.RECURRING:
+            errors.add(path, "only a recurring task has a window")
+    window = (task.start_at, task.end_at)
+    if all(isinstance(v, datetime) and timezone.is_aware(v) for v in window):
+        if task.end_at <= task.start_at:  # type: ignore[operator]
+            errors.add("schedule.endAt", "must be after schedule.startAt")
+    if task.type == TaskType.TRIGGER:
+        defaults = (
+            task.misfire_policy == MisfirePolicy.RUN_ONCE
+            and task.overlap_policy == OverlapPolicy.SKIP
+            and task.jitter_seconds == 0
+            and task.grace_seconds is None
+        )
+        if not defaults:
+            errors.add("schedule", "a trigger task has no schedule controls")
+
+
 def validate_task(task: ScheduledTask) -> None:
     errors = Errors()
     if not isinstance(task.name, str) or not task.name.strip():
@@ -100,6 +143,7 @@ def validate_task(task: ScheduledTask) -> None:
         isinstance(task.run_at, datetime) and timezone.is_aware(task.run_at)
     ):
         errors.add("schedule.at", "must be a date and time with a timezone offset")
+    _validate_schedule_options(task, errors)
     if task.type == TaskType.TRIGGER:
         if task.trigger is None:
             errors.add("trigger", "is required for a trigger task")

@@ -9,8 +9,16 @@ from pydantic import BaseModel
 
 import executors
 
-from ..models import ExecutionStatus, ExecutionTrigger, TaskStatus, TaskType
+from ..models import (
+    ExecutionStatus,
+    ExecutionTrigger,
+    MisfirePolicy,
+    OverlapPolicy,
+    TaskStatus,
+    TaskType,
+)
 from ..specs import Condition, Notification, RetryPolicy, Trigger
+from ..validation import CATCHUP_WINDOW, GRACE, MAX_JITTER
 
 REF = "#/components/schemas/{model}"
 
@@ -77,6 +85,35 @@ def components() -> dict[str, Any]:
                 "type": "string",
                 "format": "date-time",
                 "description": "one-time tasks; without offset it is read in timezone",
+            },
+            "misfirePolicy": {
+                "type": "string",
+                "enum": MisfirePolicy.values,
+                "default": "runOnce",
+                "description": "occurrences missed while the scheduler was down",
+            },
+            "catchupWindowSeconds": {
+                "type": "integer",
+                "minimum": CATCHUP_WINDOW[0],
+                "maximum": CATCHUP_WINDOW[1],
+                "default": 3600,
+                "description": "runAll: how far back missed occurrences still run",
+            },
+            "overlapPolicy": {
+                "type": "string",
+                "enum": OverlapPolicy.values,
+                "default": "skip",
+                "description": "an occurrence while the previous run is still going",
+            },
+            "jitterSeconds": {"type": "integer", "minimum": 0, "maximum": MAX_JITTER, "default": 0},
+            "startAt": {"type": "string", "format": "date-time", "nullable": True},
+            "endAt": {"type": "string", "format": "date-time", "nullable": True},
+            "graceSeconds": {
+                "type": "integer",
+                "minimum": GRACE[0],
+                "maximum": GRACE[1],
+                "nullable": True,
+                "description": "late when a run has not started this long after its time",
             },
         },
     }

@@ -20,6 +20,18 @@ READ_ONLY = {
     "pauseReason",
 }
 SCHEDULE_KEYS = {"cron", "timezone", "at"}
+#: The schedule's controls: JSON name -> model field (and their defaults, in the model).
+SCHEDULE_OPTIONS = {
+    "misfirePolicy": "misfire_policy",
+    "catchupWindowSeconds": "catchup_window_seconds",
+    "overlapPolicy": "overlap_policy",
+    "jitterSeconds": "jitter_seconds",
+    "startAt": "start_at",
+    "endAt": "end_at",
+    "graceSeconds": "grace_seconds",
+}
+SCHEDULE_TIMES = {"startAt", "endAt"}
+SCHEDULE_INTEGERS = {"catchupWindowSeconds", "jitterSeconds", "graceSeconds"}
 
 
 class PayloadError(Exception):
@@ -37,9 +49,13 @@ def _iso(value: datetime | None) -> str | None:
 def task_to_json(task: ScheduledTask) -> dict[str, Any]:
     schedule: dict[str, Any] | None = None
     if task.type == TaskType.RECURRING:
-        schedule = {"cron": task.cron, "timezone": task.timezone}
+        schedule = {"cron": task.cron, "timezone": task.timezone, **schedule_options(task)}
     elif task.type == TaskType.ONE_TIME:
-        schedule = {"at": _iso(task.run_at), "timezone": task.timezone}
+        schedule = {
+            "at": _iso(task.run_at),
+            "timezone": task.timezone,
+            **schedule_options(task, ("misfirePolicy", "jitterSeconds")),
+        }
     return {
         "id": str(task.pk),
         "userId": task.owner.get_username(),
@@ -61,6 +77,18 @@ def task_to_json(task: ScheduledTask) -> dict[str, Any]:
         "createdAt": _iso(task.created_at),
         "updatedAt": _iso(task.updated_at),
     }
+
+
+def schedule_options(task: ScheduledTask, keys: Any = SCHEDULE_OPTIONS) -> dict[str, Any]:
+    """The schedule's controls that differ from their defaults (as retryPolicy, the task
+    says what was asked of it; the defaults are in the API reference)."""
+    options: dict[str, Any] = {}
+    for key in keys:
+        field = ScheduledTask._meta.get_field(SCHEDULE_OPTIONS[key])
+        value = getattr(task, field.name)
+        if value != field.get_default():
+            options[key] = _iso(value) if key in SCHEDULE_TIMES else value
+    return options
 
 
 def execution_to_json(execution: TaskExecution, *, logs: bool = True) -> dict[str, Any]:
@@ -122,6 +150,16 @@ def parse_task(data: Any, *, task: ScheduledTask | None = None) -> dict[str, Any
         fields["run_at"] = None
     if task_type != TaskType.TRIGGER and "trigger" not in data:
         fields["trigger"] = None
+    if task_type != TaskType.RECURRING:
+        # Window and lateness belong to recurring schedules only.
+        for key in ("startAt", "endAt", "graceSeconds"):
+            if key not in given:
+                fields[SCHEDULE_OPTIONS[key]] = None
+    if task_type == TaskType.TRIGGER:
+        defaults = {"misfirePolicy": "runOnce", "overlapPolicy": "skip", "jitterSeconds": 0}
+        for key, value in defaults.items():
+            if key not in given:
+                fields[SCHEDULE_OPTIONS[key]] = value
     if errors:
         raise PayloadError(errors)
     return fields
@@ -147,17 +185,38 @@ def parse_schedule(
         fields["timezone"] = zone
     if "at" in schedule:
         fields["run_at"] = _parse_at(schedule["at"], zone, errors)
+    for key, field in SCHEDULE_OPTIONS.items():
+        if key not in schedule:
+            continue
+        value = schedule[key]
+        path = f"schedule.{key}"
+        if key in SCHEDULE_TIMES:
+            fields[field] = None if value is None else _parse_at(value, zone, errors, path)
+        elif key in SCHEDULE_INTEGERS:
+            nullable = key == "graceSeconds"
+            if (value is None and nullable) or (
+                isinstance(value, int) and not isinstance(value, bool)
+            ):
+                fields[field] = value
+            else:
+                errors[path] = ["must be a whole number of seconds"]
+        elif isinstance(value, str):
+            fields[field] = value
+        else:
+            errors[path] = ["must be a string"]
     return fields
 
 
-def _parse_at(value: Any, zone: Any, errors: dict[str, list[str]]) -> datetime | None:
+def _parse_at(
+    value: Any, zone: Any, errors: dict[str, list[str]], path: str = "schedule.at"
+) -> datetime | None:
     if not isinstance(value, str):
-        errors["schedule.at"] = ["must be an ISO 8601 date and time"]
+        errors[path] = ["must be an ISO 8601 date and time"]
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        errors["schedule.at"] = [f"{value!r} is not an ISO 8601 date and time"]
+        errors[path] = [f"{value!r} is not an ISO 8601 date and time"]
         return None
     if moment.tzinfo is None:
         try:

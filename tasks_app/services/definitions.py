@@ -20,6 +20,11 @@ def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
         raise ValidationError({"schedule.at": ["must be in the future"]})
 
 
+def _check_end_at(task: ScheduledTask, *, now: datetime) -> None:
+    if task.end_at is not None and task.end_at <= now:
+        raise ValidationError({"schedule.endAt": ["must be in the future"]})
+
+
 def task_create(
     *, owner: User, name: str, type: str, action: dict[str, Any], **fields: Any
 ) -> ScheduledTask:
@@ -29,6 +34,7 @@ def task_create(
     task = ScheduledTask(owner=owner, name=name, type=type, action=action, **fields)
     validate_task(task)
     _check_run_at(task, now=timezone.now())
+    _check_end_at(task, now=timezone.now())
     with transaction.atomic():
         task.save()
     return task
@@ -43,6 +49,8 @@ def task_update(*, task: ScheduledTask, **changes: Any) -> ScheduledTask:
     validate_task(task)
     if "run_at" in changes or "type" in changes:
         _check_run_at(task, now=timezone.now())
+    if "end_at" in changes:
+        _check_end_at(task, now=timezone.now())
     if (
         task.type == TaskType.ONE_TIME
         and task.status in {TaskStatus.COMPLETED, TaskStatus.FAILED}
