@@ -189,6 +189,17 @@ SCHEDULER_LEASE_GRACE = env_int("SCHEDULER_LEASE_GRACE", 30)
 SCHEDULER_MAX_DELIVERIES = env_int("SCHEDULER_MAX_DELIVERIES", 3)
 SCHEDULER_RECOVERY_INTERVAL = env_int("SCHEDULER_RECOVERY_INTERVAL", 30)
 SCHEDULER_REQUEUE_AFTER = env_int("SCHEDULER_REQUEUE_AFTER", 300)
+# Time semantics (README "When does my task run?"): an occurrence fired more than
+# SCHEDULER_MISFIRE_GRACE_SECONDS after its time is a misfire (the task's misfirePolicy
+# decides); at most SCHEDULER_MAX_MISSED missed occurrences are recorded per catch-up and
+# at most SCHEDULER_CATCHUP_MAX_RUNS of them run under runAll.
+SCHEDULER_MISFIRE_GRACE_SECONDS = env_int("SCHEDULER_MISFIRE_GRACE_SECONDS", 60)
+SCHEDULER_MAX_MISSED = env_int("SCHEDULER_MAX_MISSED", 1000)
+SCHEDULER_CATCHUP_MAX_RUNS = env_int("SCHEDULER_CATCHUP_MAX_RUNS", 100)
+# Dead-man's switch: a recurring task is late when its occurrence has not started this
+# long after its time (per task: schedule.graceSeconds); checked every interval.
+SCHEDULER_LATE_AFTER_SECONDS = env_int("SCHEDULER_LATE_AFTER_SECONDS", 300)
+SCHEDULER_LATE_CHECK_INTERVAL = env_int("SCHEDULER_LATE_CHECK_INTERVAL", 60)
 SCHEDULER_EGRESS_ALLOW = env_list("SCHEDULER_EGRESS_ALLOW")
 SCHEDULER_EGRESS_TIMEOUT = env_int("SCHEDULER_EGRESS_TIMEOUT", 30)
 SCHEDULER_EGRESS_MAX_BYTES = env_int("SCHEDULER_EGRESS_MAX_BYTES", 5 * 1024 * 1024)
@@ -252,6 +263,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "tasks_app.recover_executions",
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL),
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL)},
+    },
+    "scheduler.check-late-tasks": {
+        "task": "tasks_app.check_late_tasks",
+        "schedule": float(SCHEDULER_LATE_CHECK_INTERVAL),
+        "options": {"expires": float(SCHEDULER_LATE_CHECK_INTERVAL)},
     },
 }
 if CELERY_BROKER_URL.startswith(("localfs://", "filesystem://")):

@@ -11,6 +11,7 @@ from executors.egress import EgressPolicy
 # Stable names: beat rows store them as strings, so never rename.
 RUN_TASK_NAME = "tasks_app.run_task"
 RECOVER_TASK_NAME = "tasks_app.recover_executions"
+LATE_CHECK_TASK_NAME = "tasks_app.check_late_tasks"
 RUN_STEP_NAME = "tasks_app.run_step"
 NOTIFY_TASK_NAME = "tasks_app.notify_execution"
 BEAT_ENTRY_PREFIX = "scheduled-task:"

@@ -8,7 +8,13 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Ignore, TimeLimitExceeded
 
-from .conf import NOTIFY_TASK_NAME, RECOVER_TASK_NAME, RUN_STEP_NAME, RUN_TASK_NAME
+from .conf import (
+    LATE_CHECK_TASK_NAME,
+    NOTIFY_TASK_NAME,
+    RECOVER_TASK_NAME,
+    RUN_STEP_NAME,
+    RUN_TASK_NAME,
+)
 from .models import ExecutionStatus
 from .services import chains, executions, recovery
 
@@ -111,3 +117,12 @@ def notify_execution(execution_id: str) -> list[str]:
 def recover_executions() -> int:
     """Re-publish executions whose message or worker was lost."""
     return recovery.executions_recover()
+
+
+@shared_task(name=LATE_CHECK_TASK_NAME, acks_late=False, ignore_result=True)
+def check_late_tasks() -> int:
+    """Dead-man's switch: flag recurring tasks whose occurrence has not started in time
+    and notify their owners once (services.lateness)."""
+    from .services import lateness
+
+    return lateness.tasks_check_late()
