@@ -9,7 +9,8 @@ is re-published from the ledger by the recovery job.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import schedules
@@ -20,30 +21,49 @@ from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from . import cron as cronlib
 from .conf import RUN_TASK_NAME
-from .services import executions
+from .services import occurrences
 
 logger = get_logger(__name__)
+_MICRO = timedelta(microseconds=1)
 
 
 class CronSchedule(schedules.BaseSchedule):
-    """A celery schedule driven by our cron semantics in the entry's timezone."""
+    """A celery schedule driven by our cron semantics in the entry's timezone, inside
+    the task's window (``start``/``end``: its startAt/endAt)."""
 
-    def __init__(self, cron: cronlib.Cron, app: Any = None) -> None:
+    def __init__(
+        self,
+        cron: cronlib.Cron,
+        app: Any = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> None:
         self.cron = cron
+        self.start, self.end = start, end
         super().__init__(app=app)
 
     def occurrence(self, now: datetime) -> datetime | None:
-        return self.cron.latest_at_or_before(now)
+        latest = self.cron.latest_at_or_before(min(now, self.end) if self.end else now)
+        if latest is None or (self.start is not None and latest < self.start):
+            return None
+        return latest
+
+    def _upcoming(self, now: datetime) -> datetime | None:
+        after = max(now, self.start - _MICRO) if self.start else now
+        upcoming = self.cron.next_after(after)
+        if upcoming is None or (self.end is not None and upcoming > self.end):
+            return None
+        return upcoming
 
     def remaining_estimate(self, last_run_at: datetime) -> Any:
         now = self.now()
-        upcoming = self.cron.next_after(max(now, last_run_at))
+        upcoming = self._upcoming(max(now, last_run_at))
         return (upcoming - now) if upcoming else None
 
     def is_due(self, last_run_at: datetime) -> schedules.schedstate:
         now = self.now()
         latest = self.occurrence(now)
-        upcoming = self.cron.next_after(now)
+        upcoming = self._upcoming(now)
         wait = (upcoming - now).total_seconds() if upcoming else 3600.0
         return schedules.schedstate(bool(latest and latest > last_run_at), max(wait, 0.05))
 
@@ -51,10 +71,14 @@ class CronSchedule(schedules.BaseSchedule):
         return f"<cron: {self.cron.expression} {self.cron.timezone}>"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CronSchedule) and other.cron == self.cron
+        return isinstance(other, CronSchedule) and (other.cron, other.start, other.end) == (
+            self.cron,
+            self.start,
+            self.end,
+        )
 
     def __hash__(self) -> int:
-        return hash(self.cron)
+        return hash((self.cron, self.start, self.end))
 
 
 class Entry(ModelEntry):
@@ -65,7 +89,24 @@ class Entry(ModelEntry):
             expression = " ".join(
                 (tab.minute, tab.hour, tab.day_of_month, tab.month_of_year, tab.day_of_week)
             )
-            self.schedule = CronSchedule(cronlib.Cron(expression, str(tab.timezone)), app=self.app)
+            # The row's start_time/expires are the task's startAt/endAt (its window).
+            self.schedule = CronSchedule(
+                cronlib.Cron(expression, str(tab.timezone)),
+                app=self.app,
+                start=model.start_time,
+                end=model.expires,
+            )
+        if model.task == RUN_TASK_NAME:
+            self.options.pop("expires", None)  # a late run message must still run
+
+    def is_due(self) -> schedules.schedstate:
+        """Our cron entries keep to their window themselves (ModelEntry would disable an
+        expired row with a full save, racing the schedule sync)."""
+        if isinstance(self.schedule, CronSchedule):
+            if not self.model.enabled:
+                return schedules.schedstate(False, 5.0)
+            return self.schedule.is_due(self.last_run_at)
+        return super().is_due()
 
     def save(self) -> None:
         """Write beat's bookkeeping back, unless the row was edited since this entry was
@@ -93,6 +134,18 @@ class Entry(ModelEntry):
         return None
 
 
+@dataclass(frozen=True)
+class Message:
+    """One message of an entry (what Scheduler.apply_async reads of it): the entry kept
+    in the schedule is left as it is."""
+
+    name: str
+    task: str
+    args: Any
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+
+
 class Scheduler(DatabaseScheduler):
     Entry = Entry
 
@@ -101,22 +154,33 @@ class Scheduler(DatabaseScheduler):
     ) -> Any:
         if entry.task != RUN_TASK_NAME:
             return super().apply_async(entry, producer, advance, **kwargs)
+        since = entry.last_run_at  # the previous fire (beat's tick hands in the old entry)
         occurrence = entry.occurrence()
         if advance:
             entry = self.reserve(entry)
         if occurrence is None:
             return None
-        # The entry handed in here is the one being sent (a fresh one is kept in the
-        # schedule), so changing its kwargs affects this message only.
         try:
             # (DatabaseScheduler.schedule already renewed stale connections this tick.)
-            execution = executions.execution_for_occurrence(
-                task_id=entry.kwargs.get("task_id"), scheduled_for=occurrence
+            runs = occurrences.occurrence_fire(
+                task_id=entry.kwargs.get("task_id"),
+                occurrence=occurrence,
+                since=since if isinstance(since, datetime) else None,
             )
-            if execution is None or not executions.execution_take_publication(execution=execution):
-                return None  # task gone or paused, or the occurrence was recorded already
-            entry.kwargs = {"execution_id": str(execution.pk), "attempt": 1}
         except DatabaseError:
             logger.exception("could not record %s at %s; the worker will", entry.name, occurrence)
-            entry.kwargs = {**entry.kwargs, "scheduled_for": occurrence.isoformat()}
-        return super().apply_async(entry, producer, advance=False, **kwargs)
+            fallback = {**entry.kwargs, "scheduled_for": occurrence.isoformat()}
+            return super().apply_async(
+                Message(entry.name, entry.task, entry.args, fallback, entry.options),
+                producer,
+                advance=False,
+                **kwargs,
+            )
+        result = None
+        for run in runs:
+            options = {**entry.options, "countdown": run.countdown} if run.countdown else {}
+            message = Message(
+                entry.name, entry.task, entry.args, run.kwargs, options or entry.options
+            )
+            result = super().apply_async(message, producer, advance=False, **kwargs)
+        return result

@@ -16,7 +16,7 @@ from .conf import (
     RUN_TASK_NAME,
 )
 from .models import ExecutionStatus
-from .services import chains, executions, recovery
+from .services import chains, executions, occurrences, recovery
 
 
 class RunTask(Task):
@@ -62,16 +62,30 @@ def run_task(
 ) -> dict[str, Any]:
     """Run one attempt of one execution; exactly once per (execution, attempt)."""
     if execution_id is None:
+        # Beat could not reach the database: record the occurrence here, as beat would
+        # have; run it here when it is due now, send the other runs as messages.
         if task_id is None or scheduled_for is None:
             return {"outcome": "ignored", "reason": "message names no execution"}
-        execution = executions.execution_for_occurrence(
-            task_id=task_id, scheduled_for=datetime.fromisoformat(scheduled_for)
-        )
-        if execution is None:
-            return {"outcome": "ignored", "reason": "task no longer exists or has finished"}
-        execution_id = str(execution.pk)
-        if execution.status == ExecutionStatus.SKIPPED:
-            return {"outcome": "skipped", "executionId": execution_id, "reason": execution.error}
+        occurrence = datetime.fromisoformat(scheduled_for)
+        runs = occurrences.occurrence_fire(task_id=task_id, occurrence=occurrence)
+        for run in runs:
+            if run.occurrence != occurrence or run.countdown:
+                self.app.send_task(RUN_TASK_NAME, kwargs=run.kwargs, countdown=run.countdown)
+        mine = [run for run in runs if run.occurrence == occurrence and not run.countdown]
+        if not mine:
+            recorded = occurrences.occurrence_execution(task_id=task_id, occurrence=occurrence)
+            if recorded is None:
+                return {"outcome": "ignored", "reason": "task no longer exists or has finished"}
+            if recorded.status == ExecutionStatus.SKIPPED:
+                return {
+                    "outcome": "skipped",
+                    "executionId": str(recorded.pk),
+                    "reason": recorded.error,
+                }
+            if not runs or recorded.attempt:
+                return {"outcome": "duplicate", "executionId": str(recorded.pk)}
+            return {"outcome": "recorded", "executionId": str(recorded.pk)}
+        execution_id = mine[0].execution_id
     claimed = executions.execution_claim(
         execution_id=execution_id, attempt=attempt, worker=executions.worker_identity()
     )

@@ -238,15 +238,23 @@ def test_entry_occurrence_of_a_clocked_row_is_its_time(app: Celery) -> None:
 
 @pytest.fixture
 def task(django_user_model: Any) -> ScheduledTask:
-    """A real task for beat rows to point at (a trigger task has no beat row of its own)."""
+    """A real recurring task for the test's own beat rows to point at (its schedule is
+    the rows' '0 0 1 1 *' in New York; beat records what the task's definition says)."""
     owner = django_user_model.objects.create(username="beat-owner")
-    return ScheduledTask.objects.create(
+    task = ScheduledTask.objects.create(
         owner=owner,
         name="beat target",
-        type="trigger",
-        trigger={"type": "event", "config": {"event": "x"}},
+        type="recurring",
+        cron="0 0 1 1 *",
+        timezone=NY,
         action={"type": "webhook", "url": "https://example.com/hook"},
     )
+    # Created "last year": this year's New Year occurrence is owed to it.
+    ScheduledTask.objects.filter(pk=task.pk).update(
+        created_at=new_year_in_new_york() - timedelta(days=30)
+    )
+    task.refresh_from_db()
+    return task
 
 
 def ledger(task: ScheduledTask) -> list[TaskExecution]:
@@ -317,6 +325,9 @@ def test_a_second_fire_of_the_same_occurrence_publishes_nothing(
 def test_apply_async_records_a_clocked_row_at_its_time(
     app: Celery, scheduler: Scheduler, task: ScheduledTask
 ) -> None:
+    ScheduledTask.objects.filter(pk=task.pk).update(
+        type="one-time", cron="", run_at=utc(2025, 3, 1, 12, 0)
+    )
     clocked = ClockedSchedule.objects.create(clocked_time=utc(2025, 3, 1, 12, 0))
     row = periodic_row(
         "scheduled-task:h", clocked=clocked, one_off=True, kwargs={"task_id": str(task.pk)}
@@ -374,6 +385,7 @@ def test_run_task_without_an_occurrence_is_not_sent(app: Celery, scheduler: Sche
 def test_beat_tick_sends_a_due_cron_entry_once_with_its_occurrence(
     app: Celery, task: ScheduledTask
 ) -> None:
+    ScheduledTask.objects.filter(pk=task.pk).update(cron="* * * * *", timezone="UTC")
     row = periodic_row(
         "scheduled-task:j",
         crontab=crontab_row("* * * * *", "UTC"),

@@ -86,7 +86,7 @@ def schedule_options(task: ScheduledTask, keys: Any = SCHEDULE_OPTIONS) -> dict[
     for key in keys:
         field = ScheduledTask._meta.get_field(SCHEDULE_OPTIONS[key])
         value = getattr(task, field.name)
-        if value != field.get_default():
+        if value != field.get_default():  # type: ignore[union-attr]
             options[key] = _iso(value) if key in SCHEDULE_TIMES else value
     return options
 

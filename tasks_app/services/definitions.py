@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from ..models import EDITABLE_FIELDS, ScheduledTask, TaskStatus, TaskType
 from ..validation import validate_task
+from .occurrences import occurrences_skip_paused
 
 
 def _check_run_at(task: ScheduledTask, *, now: datetime) -> None:
@@ -68,7 +69,8 @@ def task_pause(*, task: ScheduledTask, reason: str = "") -> ScheduledTask:
     if task.status == TaskStatus.ACTIVE:
         task.status = TaskStatus.PAUSED
         task.pause_reason = reason
-        task.save(update_fields=["status", "pause_reason", "updated_at"])
+        task.paused_at = timezone.now()
+        task.save(update_fields=["status", "pause_reason", "paused_at", "updated_at"])
     elif task.status == TaskStatus.PAUSED and reason:
         task.pause_reason = reason
         task.save(update_fields=["pause_reason", "updated_at"])
@@ -77,9 +79,13 @@ def task_pause(*, task: ScheduledTask, reason: str = "") -> ScheduledTask:
 
 def task_resume(*, task: ScheduledTask) -> ScheduledTask:
     if task.status == TaskStatus.PAUSED:
-        task.status = TaskStatus.ACTIVE
-        task.pause_reason = ""
-        task.save(update_fields=["status", "pause_reason", "updated_at"])
+        with transaction.atomic():
+            # The history shows the occurrences the pause skipped.
+            occurrences_skip_paused(task=task, until=timezone.now())
+            task.status = TaskStatus.ACTIVE
+            task.pause_reason = ""
+            task.paused_at = None
+            task.save(update_fields=["status", "pause_reason", "paused_at", "updated_at"])
     return task
 
 

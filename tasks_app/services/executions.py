@@ -418,6 +418,10 @@ def _finish(
     if status != ExecutionStatus.RETRYING:
         execution.completed_at = now
     execution.save()
+    if status != ExecutionStatus.RETRYING:
+        from .occurrences import waiting_release
+
+        waiting_release(task_id=execution.task_id)  # overlapPolicy queue, catch-up
     if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
         _record_on_task(execution.task, execution, status)
         _notify_after_commit(execution, status)

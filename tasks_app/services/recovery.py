@@ -9,7 +9,7 @@ step. Duplicate messages are harmless: claims drop them.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -20,6 +20,7 @@ from ..conf import scheduler_settings
 from ..models import ExecutionStatus, TaskExecution
 from .chains import chain_publish
 from .dispatch import execution_publish
+from .occurrences import waiting_release
 
 BATCH = 500
 
@@ -30,7 +31,11 @@ def executions_recover() -> int:
     lost_worker = Q(status=ExecutionStatus.RUNNING, lease_expires_at__lte=now) & (
         Q(last_sent__lt=F("lease_expires_at")) | Q(last_sent__lte=stale)
     )
-    never_started = Q(status=ExecutionStatus.QUEUED, last_sent__lte=stale)
+    never_started = (
+        Q(status=ExecutionStatus.QUEUED, held=False, last_sent__lte=stale)
+        # a jittered first attempt is not due before its start
+        & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=stale))
+    )
     retry_lost = Q(
         status=ExecutionStatus.RETRYING, next_attempt_at__lte=stale, last_sent__lte=stale
     )
@@ -53,4 +58,19 @@ def executions_recover() -> int:
             )
             execution_publish(execution=execution, attempt=attempt)
             count += 1
-    return count
+    return count + _release_stranded(stale)
+
+
+def _release_stranded(stale: datetime) -> int:
+    """Held runs whose task has nothing running any more (the finishing worker died
+    before it could release them) are released."""
+    tasks = (
+        TaskExecution.objects.filter(held=True, status=ExecutionStatus.QUEUED, queued_at__lte=stale)
+        .values_list("task_id", flat=True)
+        .distinct()[:BATCH]
+    )
+    released = 0
+    for task_id in list(tasks):
+        with transaction.atomic():
+            released += waiting_release(task_id=task_id) is not None
+    return released

@@ -9,7 +9,7 @@ transaction that changes the definition.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, PeriodicTask
@@ -28,7 +28,12 @@ def compute_next_run(task: ScheduledTask, *, now: datetime | None = None) -> dat
         return None
     now = now or timezone.now()
     if task.type == TaskType.RECURRING:
-        return cronlib.Cron(task.cron, task.timezone).next_after(now)
+        if task.start_at is not None and task.start_at > now:
+            now = task.start_at - timedelta(microseconds=1)
+        upcoming = cronlib.Cron(task.cron, task.timezone).next_after(now)
+        if upcoming is None or (task.end_at is not None and upcoming > task.end_at):
+            return None
+        return upcoming
     if task.type == TaskType.ONE_TIME:
         return task.run_at
     return None
@@ -72,6 +77,10 @@ def schedule_sync(*, task: ScheduledTask) -> PeriodicTask | None:
         periodic.one_off = clocked is not None
         periodic.enabled = enabled
         periodic.description = task.name[:200]
+        # The task's window, where django-celery-beat keeps one (beat.Entry reads it).
+        periodic.start_time = task.start_at if crontab else None
+        periodic.expires = task.end_at if crontab else None
+        periodic.expire_seconds = None
         if timing_changed:
             # Occurrences before this change (or during a pause) are not owed.
             periodic.last_run_at = timezone.now()
