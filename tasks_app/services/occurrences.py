@@ -114,7 +114,7 @@ def occurrence_fire(
                 return []  # its one occurrence is still owed: resuming the task runs it
             candidates = [task.run_at]
         elif task.type == TaskType.RECURRING:
-            if not in_window(task, occurrence):
+            if not in_window(task, occurrence) or _behind_the_ledger(task, occurrence):
                 return []
             candidates, dropped = _missed(task, since, occurrence)
             candidates.append(occurrence)
@@ -137,6 +137,18 @@ def occurrence_fire(
         publications = _record(task, decisions, now)
         _after_fire(task, now)
     return publications
+
+
+def _behind_the_ledger(task: ScheduledTask, occurrence: datetime) -> bool:
+    """The ledger only moves forward: an occurrence older than the newest recorded one
+    (a clock stepped back, a stale beat) is never started after it."""
+    newest = (
+        TaskExecution.objects.filter(task=task, trigger=ExecutionTrigger.SCHEDULED)
+        .order_by("-scheduled_for")
+        .values_list("scheduled_for", flat=True)
+        .first()
+    )
+    return newest is not None and occurrence < newest
 
 
 def occurrence_execution(*, task_id: str | uuid.UUID, occurrence: datetime) -> TaskExecution | None:
