@@ -3,6 +3,9 @@ the beat rows it produces show under "Periodic tasks" (django-celery-beat's admi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC
+from functools import cache
 from typing import Any
 
 from django.contrib import admin, messages
@@ -16,6 +19,7 @@ from django_celery_beat.models import PeriodicTask
 from .conf import BEAT_ENTRY_PREFIX
 from .models import EDITABLE_FIELDS, ScheduledTask, TaskExecution, TaskWebhook
 from .services import definitions, dispatch
+from .services.lateness import LateTask, tasks_late
 
 
 class ExecutionInline(admin.TabularInline):
@@ -31,6 +35,33 @@ class ExecutionInline(admin.TabularInline):
         return super().get_queryset(request).defer("logs", "result", "payload")
 
 
+class LateFilter(admin.SimpleListFilter):
+    """Late (dead-man's switch): computed live, so it also shows while beat is down."""
+
+    title = "late"
+    parameter_name = "late"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Late"), ("no", "Not late")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        if self.value() not in {"yes", "no"}:
+            return None
+        late = [entry.task.pk for entry in tasks_late()]
+        return (
+            queryset.filter(pk__in=late) if self.value() == "yes" else queryset.exclude(pk__in=late)
+        )
+
+
+def late_label(entry: LateTask | None, task: ScheduledTask) -> str:
+    """The "late" column: "late since 2024-05-01 09:00 UTC", from the start of the episode
+    when the periodic check has recorded it (``late_since``)."""
+    if entry is None:
+        return "-"
+    since = min(entry.occurrence, task.late_since or entry.occurrence).astimezone(UTC)
+    return f"late since {since:%Y-%m-%d %H:%M} UTC"
+
+
 @admin.register(ScheduledTask)
 class ScheduledTaskAdmin(admin.ModelAdmin):
     list_display = (
@@ -43,7 +74,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         "last_run",
         "run_count",
     )
-    list_filter = ("status", "type")
+    list_filter = ("status", "type", LateFilter)
     search_fields = ("name", "description")
     list_select_related = ("owner",)
     readonly_fields = (
@@ -59,6 +90,20 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
     fields = ("owner", *EDITABLE_FIELDS, *readonly_fields)
     inlines = [ExecutionInline]
     actions = ["pause", "resume", "run_now"]
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        """The columns, and "late": one live lateness computation per page."""
+
+        @cache
+        def late_by_task() -> dict[Any, LateTask]:
+            return {entry.task.pk: entry for entry in tasks_late()}
+
+        @admin.display(description="late")
+        def late(task: ScheduledTask) -> str:
+            return late_label(late_by_task().get(task.pk), task)
+
+        column: Callable[[ScheduledTask], str] = late
+        return [*super().get_list_display(request), column]
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         return {"owner": request.user.pk, "timezone": "UTC"}

@@ -1,4 +1,5 @@
-"""GET /api/health: can we reach the database and the broker?"""
+"""GET /api/health: can we reach the database and the broker? Also how many tasks are late
+(dead-man's switch): a count only, as anyone may ask; it does not change the status."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from ..services.lateness import tasks_late
 
 
 def _probe_database() -> dict[str, Any]:
@@ -32,6 +35,15 @@ def _probe_broker() -> dict[str, Any]:
         return {"ok": False, "error": type(exc).__name__}
 
 
+def _count_late(database_ok: bool) -> int | None:
+    if not database_ok:
+        return None
+    try:
+        return len(tasks_late())
+    except Exception:  # noqa: BLE001 - health answers whatever else fails
+        return None
+
+
 class HealthView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
@@ -44,6 +56,11 @@ class HealthView(APIView):
                     "status": serializers.CharField(),
                     "database": serializers.DictField(),
                     "broker": serializers.DictField(),
+                    "lateTasks": serializers.IntegerField(
+                        allow_null=True,
+                        help_text="active recurring tasks whose run has not started within "
+                        "its grace (null when the database cannot say)",
+                    ),
                 },
             )
         }
@@ -52,6 +69,11 @@ class HealthView(APIView):
         database, broker = _probe_database(), _probe_broker()
         healthy = database["ok"] and broker["ok"]
         return Response(
-            {"status": "ok" if healthy else "unavailable", "database": database, "broker": broker},
+            {
+                "status": "ok" if healthy else "unavailable",
+                "database": database,
+                "broker": broker,
+                "lateTasks": _count_late(database["ok"]),
+            },
             status=200 if healthy else 503,
         )

@@ -19,13 +19,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMultiAlternatives, get_connection, send_mail
 from django.db import transaction
 from django.utils import timezone
 from pydantic import ValidationError
@@ -42,6 +42,9 @@ from ..conf import scheduler_settings
 from ..models import ExecutionStatus, PushSubscription, TaskExecution
 from ..specs import Notification
 from .executions import log_entry
+
+if TYPE_CHECKING:
+    from .lateness import LateTask
 
 logger = logging.getLogger(__name__)
 
@@ -398,3 +401,130 @@ def origin(url: str) -> str:
 def scrub(text: str) -> str:
     """A message with every URL in it cut down to its origin."""
     return URL_PATTERN.sub(lambda match: origin(match.group()), text)
+
+
+# --- late tasks (dead-man's switch) ----------------------------------------------------
+
+
+def task_late_notify(*, late: LateTask) -> list[str]:
+    """Tell a late task's owner, once per episode (services.lateness decides when): by
+    e-mail to the owner's address (and ``notification.email`` when the e-mail channel is
+    on), and by the task's webhook and push channels. The channels that delivered; a
+    failure is logged, never raised."""
+    task = late.task
+    try:
+        spec = Notification.model_validate(task.notification or {})
+    except ValidationError:
+        logger.warning("task %s has invalid notification settings", task.pk)
+        spec = Notification()
+    channels = ["email", *(c for c in dict.fromkeys(spec.channels) if c != "email")]
+    senders: dict[str, Callable[[LateTask, Notification, Logs], bool]] = {
+        "email": _late_email,
+        "webhook": _late_webhook,
+        "push": _late_push,
+    }
+    delivered: list[str] = []
+    for channel in channels:
+        logs: Logs = []
+        try:
+            if senders[channel](late, spec, logs):
+                delivered.append(channel)
+        except (NotifyFailed, ImproperlyConfigured, ExecutorError) as exc:
+            logs.append(log_entry(f"{channel} late notice failed: {scrub(str(exc))}", "warning"))
+        except Exception:  # noqa: BLE001 - a notice must never fail the check
+            logger.warning("task %s: %s late notice failed", task.pk, channel, exc_info=True)
+        for entry in logs:
+            level = logging.WARNING if entry.get("level") == "warning" else logging.INFO
+            logger.log(level, "task %s: %s", task.pk, entry.get("message"))
+    return delivered
+
+
+def late_subject(late: LateTask) -> str:
+    name = " ".join(late.task.name.split())
+    return f"[scheduler] {name} is late"
+
+
+def late_body(late: LateTask) -> str:
+    task = late.task
+    return (
+        f"Task: {task.name}\n"
+        f"Schedule: {task.cron} ({task.timezone})\n"
+        f"Occurrence: {iso(late.occurrence)}\n"
+        f"Not started {late.late_by_seconds} s after its time.\n"
+        "\n"
+        "The scheduler (celery beat) or the workers may be down. You hear about this once;\n"
+        "once the task runs again, a later delay is a new notice.\n"
+        "\n"
+        f"Task: {task_link(late)}\n"
+    )
+
+
+def task_link(late: LateTask) -> str:
+    base = str(getattr(settings, "SCHEDULER_PUBLIC_URL", "") or "").rstrip("/")
+    return f"{base}/api/tasks/{late.task.pk}"
+
+
+def late_payload(late: LateTask) -> dict[str, Any]:
+    return {
+        "event": "task.late",
+        "task": {"id": str(late.task.pk), "name": late.task.name},
+        "occurrence": iso(late.occurrence),
+        "lateBySeconds": late.late_by_seconds,
+        "url": task_link(late),
+    }
+
+
+def _late_email(late: LateTask, spec: Notification, logs: Logs) -> bool:
+    owner_address = late.task.owner.email
+    extra = [str(a) for a in spec.email or []] if "email" in spec.channels else []
+    recipients = list(dict.fromkeys([*([owner_address] if owner_address else []), *extra]))
+    if not recipients:
+        logs.append(log_entry("no e-mail address for the late notice", "warning"))
+        return False
+    try:
+        send_mail(
+            late_subject(late),
+            late_body(late),
+            None,
+            recipients,
+            fail_silently=False,
+            connection=get_connection(timeout=_policy().timeout),
+        )
+    except (smtplib.SMTPException, OSError) as exc:
+        raise NotifyFailed(f"could not send the e-mail ({type(exc).__name__}: {exc})") from None
+    logs.append(log_entry(f"late notice by email to {', '.join(recipients)}"))
+    return True
+
+
+def _late_webhook(late: LateTask, spec: Notification, logs: Logs) -> bool:
+    url = spec.webhookUrl or ""
+    response = egress.request(
+        "POST",
+        url,
+        _policy(),
+        json=late_payload(late),
+        headers={"Idempotency-Key": f"late-{late.task.pk}-{iso(late.occurrence)}"},
+    )
+    if not 200 <= response.status < 300:
+        raise NotifyFailed(f"{origin(url)} answered HTTP {response.status}")
+    logs.append(log_entry(f"late notice by webhook to {origin(url)} (HTTP {response.status})"))
+    return True
+
+
+def _late_push(late: LateTask, spec: Notification, logs: Logs) -> bool:
+    subscriptions = list(PushSubscription.objects.filter(owner_id=late.task.owner_id))
+    if not subscriptions:
+        raise NotifyFailed("the task's owner has no push subscriptions")
+    payload = {
+        "title": cap(f"{late.task.name} is late", PUSH_BODY_CHARS),
+        "body": f"its run of {iso(late.occurrence)} has not started",
+        "url": task_link(late),
+        "taskId": str(late.task.pk),
+        "status": "late",
+    }
+    data = json.dumps(payload, ensure_ascii=False)
+    key = vapid.vapid()
+    delivered = sum(_push_one(subscription, data, key, logs) for subscription in subscriptions)
+    if delivered:
+        logs.append(log_entry(f"late notice by push to {delivered} browser(s)"))
+    return bool(delivered)
