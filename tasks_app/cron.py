@@ -18,7 +18,9 @@ documentation is docs/when-does-my-task-run.md):
   skipped times moved to the end of the same gap) are one fire.
 
 The same functions decide when beat fires and which nominal occurrence (the execution
-key, in UTC) a fire belongs to.
+key, in UTC) a fire belongs to. ``Cron.upcoming_marked`` also says, per fire, which of
+these rules placed it (a ``Mark``: shifted, merged, repeated, or the first fire after a
+gap), for the previews.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, available_timezones
 
 from celery.schedules import crontab
@@ -49,6 +53,105 @@ _ZERO = timedelta(0)
 
 class CronError(ValueError):
     """The cron expression or timezone is not usable."""
+
+
+SHIFTED, MERGED, REPEATED, GAP = "shifted", "merged", "repeated", "gap"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Why a fire is not simply "the matching clock time, once": a daylight-saving change.
+
+    * ``shifted``: a wall-clock time inside a skipped stretch, run at the first instant
+      after it;
+    * ``merged``: a wall-clock time that happens twice, run once, at the first;
+    * ``repeated``: an absolute-time fire in a repeated stretch (the clock shows that time
+      twice, and the task runs at both);
+    * ``gap``: the first absolute-time fire after a skipped stretch whose times did not run.
+    """
+
+    kind: str
+    note: str
+    walls: tuple[datetime, ...] = dataclass_field(default=(), compare=False, repr=False)
+
+
+class Placement(NamedTuple):
+    """Where one matching naive local time lands: its fires (UTC, ascending, each with its
+    mark), bounds for the walks (see ``Cron._place``), and for an absolute-time time that
+    never happens, the end of the gap that swallowed it."""
+
+    fires: list[tuple[datetime, Mark | None]]
+    low: datetime
+    high: datetime
+    lost_in_gap: datetime | None = None
+
+
+def _hm(moment: datetime) -> str:
+    return f"{moment:%H:%M}"
+
+
+def _utc_offset(moment: datetime) -> str:
+    minutes = int(_offset(moment).total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _times(walls: tuple[datetime, ...]) -> str:
+    names = [_hm(wall) for wall in sorted(set(walls))]
+    if len(names) > 4:
+        return f"{len(names)} clock times from {names[0]} to {names[-1]}"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def shifted_mark(walls: tuple[datetime, ...], end: datetime, zone: ZoneInfo) -> Mark:
+    """Wall-clock times inside a gap, all run at ``end`` (UTC), the first instant after it."""
+    local = end.astimezone(zone)
+    day = min(walls).date()
+    verb = "does" if len(set(walls)) == 1 else "do"
+    at = _hm(local) if local.date() == day else f"{_hm(local)} on {local.date()}"
+    once = "" if len(set(walls)) == 1 else "once, "
+    note = f"{_times(walls)} {verb} not exist on {day} in {zone.key}; runs {once}at {at}"
+    return Mark(SHIFTED, note, walls)
+
+
+def _merged_mark(wall: datetime, first: datetime, zone: ZoneInfo) -> Mark:
+    local = first.astimezone(zone)
+    note = (
+        f"{_hm(wall)} happens twice on {wall.date()} in {zone.key} (the clocks go back); "
+        f"runs once, at the first {_hm(wall)} ({_utc_offset(local)})"
+    )
+    return Mark(MERGED, note, (wall,))
+
+
+def _repeated_mark(wall: datetime, instant: datetime, zone: ZoneInfo, which: str) -> Mark:
+    local = instant.astimezone(zone)
+    note = (
+        f"{_hm(wall)} happens twice on {wall.date()} in {zone.key} (the clocks go back); "
+        f"this is the {which} {_hm(wall)} ({_utc_offset(local)})"
+    )
+    return Mark(REPEATED, note, (wall,))
+
+
+def _gap_mark(walls: tuple[datetime, ...], end: datetime, zone: ZoneInfo) -> Mark:
+    after = end.astimezone(zone)
+    before = (end - _SECOND).astimezone(zone)
+    start = (end + _offset(before)).replace(tzinfo=None)  # the clock just before the jump
+    note = (
+        f"no runs between {_hm(start)} and {_hm(after)} on {start.date()} in {zone.key}: "
+        f"the clocks skip that stretch, so {_times(walls)} did not happen"
+    )
+    return Mark(GAP, note, walls)
+
+
+def merge_marks(
+    first: Mark | None, second: Mark | None, end: datetime, zone: ZoneInfo
+) -> Mark | None:
+    """The mark of one fire placed twice (two times moved to the same instant)."""
+    if first is None or second is None:
+        return first or second
+    if first.kind == second.kind == SHIFTED:
+        return shifted_mark(first.walls + second.walls, end, zone)
+    return first
 
 
 def _for_cronsim(expression: str) -> str:
@@ -100,7 +203,8 @@ class Cron:
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first fire time strictly after ``moment``, in UTC (None past the horizon)."""
-        return next(self._forward(moment), None)
+        fire, _ = next(self._walk(moment), (None, None))
+        return fire
 
     def latest_at_or_before(self, moment: datetime) -> datetime | None:
         """The most recent fire time at or before ``moment``, in UTC (None past the horizon)."""
@@ -121,6 +225,24 @@ class Cron:
                 break
         return runs
 
+    def upcoming_marked(
+        self, after: datetime, count: int, before: datetime | None = None
+    ) -> list[tuple[datetime, Mark | None]]:
+        """``upcoming`` with each fire's daylight-saving ``Mark`` (None on ordinary times).
+
+        The fires are exactly ``upcoming``'s: both come from the same walk and placement."""
+        runs: list[tuple[datetime, Mark | None]] = []
+        if count <= 0:
+            return runs
+        for fire, mark in self._walk(after):
+            if runs and fire == runs[-1][0]:  # one fire; say why both times are there
+                runs[-1] = (fire, merge_marks(runs[-1][1], mark, fire, self.zone))
+                continue
+            if len(runs) >= count or (before is not None and fire >= before):
+                break
+            runs.append((fire, mark))
+        return runs
+
     # --- from matching wall-clock times to instants ----------------------------------
     #
     # cronsim walks naive local wall-clock times (no timezone, so no DST quirks of its
@@ -129,27 +251,32 @@ class Cron:
     # after the first pass of later wall times), so both walks keep a small sorted list
     # of pending fires and hand one out only once no later wall time can beat it.
 
-    def _place(
-        self, wall: datetime, zone: ZoneInfo, absolute: bool
-    ) -> tuple[list[datetime], datetime, datetime]:
-        """Fires (UTC, ascending) of the matching naive local time ``wall``, and bounds
-        ``low``/``high``: no fire of ``wall`` or a later wall time is before ``low``, and
-        no fire of ``wall`` or an earlier wall time is after ``high``."""
+    def _place(self, wall: datetime, zone: ZoneInfo, absolute: bool) -> Placement:
+        """Fires (UTC, ascending, with their marks) of the matching naive local time
+        ``wall``, and bounds ``low``/``high``: no fire of ``wall`` or a later wall time is
+        before ``low``, and no fire of ``wall`` or an earlier wall time is after ``high``."""
         first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
         second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
         if first == second:  # an ordinary local time: one instant
-            return [first], first, first
+            return Placement([(first, None)], first, first)
         if first < second:
             # Repeated (fall back): absolute-time schedules fire at both instants;
             # wall-clock schedules once, at the first of the two.
-            fires = [first, second] if absolute else [first]
-            return fires, first, fires[-1]
+            if absolute:
+                both: list[tuple[datetime, Mark | None]] = [
+                    (first, _repeated_mark(wall, first, zone, "first")),
+                    (second, _repeated_mark(wall, second, zone, "second")),
+                ]
+                return Placement(both, first, second)
+            return Placement([(first, _merged_mark(wall, first, zone))], first, first)
         # Skipped (spring forward): fold=1 reads the time with the offset after the
         # change, fold=0 with the one before, so the change lies between them.
         # Wall-clock schedules fire at the first instant after the gap; absolute-time
         # schedules do not fire (that wall-clock time never happens).
         end = self._gap_end(second, first, zone)
-        return ([] if absolute else [end]), end, end
+        if absolute:
+            return Placement([], end, end, lost_in_gap=end)
+        return Placement([(end, shifted_mark((wall,), end, zone))], end, end)
 
     @staticmethod
     def _gap_end(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
@@ -165,6 +292,16 @@ class Cron:
 
     def _forward(self, moment: datetime) -> Iterator[datetime]:
         """Fire times strictly after ``moment``, ascending, in UTC, up to the horizon."""
+        last = None
+        for fire, _ in self._walk(moment):
+            if fire != last:  # equal instants are one fire
+                last = fire
+                yield fire
+
+    def _walk(self, moment: datetime) -> Iterator[tuple[datetime, Mark | None]]:
+        """Fires strictly after ``moment`` with their marks, in UTC, up to the horizon, in
+        non-decreasing order: two times placed on the same instant both come (the caller
+        keeps one fire)."""
         zone, absolute = self.zone, self.follows_absolute_time
         local = moment.astimezone(zone)
         start = local.replace(tzinfo=None, fold=0)
@@ -176,23 +313,37 @@ class Cron:
         except CronSimError:
             return
         last = moment.astimezone(UTC)
-        pending: list[datetime] = []
+        pending: list[tuple[datetime, Mark | None]] = []
+        lost: list[datetime] = []  # absolute-time wall times swallowed by the latest gap
+        gap_end = last
+
+        def noted(fire: datetime, mark: Mark | None) -> Mark | None:
+            """The first fire after a gap that swallowed fires says so."""
+            nonlocal lost
+            if lost and fire >= gap_end:
+                mark, lost = mark or _gap_mark(tuple(lost), gap_end, zone), []
+            return mark
+
         for wall in walls:
             if wall - start > _HORIZON:
                 break
-            fires, low, _ = self._place(wall, zone, absolute)
-            for fire in fires:
-                if fire > last:
-                    bisect.insort(pending, fire)
-            while pending and pending[0] <= low:
-                fire = pending.pop(0)
-                if fire > last:  # equal instants are one fire
+            fires, low, _, lost_in_gap = self._place(wall, zone, absolute)
+            if lost_in_gap is not None:
+                if lost_in_gap != gap_end:  # a new gap
+                    lost, gap_end = [], lost_in_gap
+                lost.append(wall)
+            for placed in fires:
+                if placed[0] >= last:  # an equal instant: one fire, with both marks
+                    bisect.insort(pending, placed, key=_instant)
+            while pending and pending[0][0] <= low:
+                fire, mark = pending.pop(0)
+                if fire >= last and fire > moment:
                     last = fire
-                    yield fire
-        for fire in pending:
-            if fire > last:
+                    yield fire, noted(fire, mark)
+        for fire, mark in pending:
+            if fire >= last and fire > moment:
                 last = fire
-                yield fire
+                yield fire, noted(fire, mark)
 
     def _backward(self, moment: datetime) -> Iterator[datetime]:
         """Fire times at or before ``moment``, descending, in UTC, back to the horizon."""
@@ -215,8 +366,8 @@ class Cron:
         for wall in walls:
             if start - wall > _HORIZON:
                 break
-            fires, _, high = self._place(wall, zone, absolute)
-            for fire in fires:
+            placed, _, high, _ = self._place(wall, zone, absolute)
+            for fire, _ in placed:
                 if fire <= limit and fire < last:
                     bisect.insort(pending, fire)
             while pending and pending[-1] >= high:
@@ -228,6 +379,10 @@ class Cron:
             if fire < last:
                 last = fire
                 yield fire
+
+
+def _instant(fire: tuple[datetime, Mark | None]) -> datetime:
+    return fire[0]
 
 
 def validate_timezone(name: str) -> str:

@@ -1,10 +1,13 @@
-"""POST /api/schedules/preview: describe an unsaved schedule and list its next runs."""
+"""POST /api/schedules/preview: describe an unsaved schedule and list its next runs,
+marking the ones a daylight-saving change moves (the answer's shape is shared with
+GET /api/tasks/{id}/preview: ``PREVIEW``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -13,8 +16,79 @@ from rest_framework.views import APIView
 from .. import cron as cronlib
 from .. import selectors
 from ..models import TaskType
+from ..validation import MAX_JITTER
+from . import openapi
 from .common import path_errors
-from .payloads import PayloadError, parse_schedule
+from .payloads import SCHEDULE_OPTIONS, PayloadError, parse_schedule
+
+TIMES = {"type": "array", "items": {"type": "string", "format": "date-time"}}
+TEXTS = {"type": "array", "items": {"type": "string"}}
+#: The answer of both preview endpoints.
+PREVIEW: dict[str, Any] = {
+    "type": "object",
+    "required": ["description", "runs", "occurrences", "notes", "warnings"],
+    "properties": {
+        "description": {"type": "string"},
+        "runs": {**TIMES, "description": "the next fire times, in the schedule's timezone"},
+        "occurrences": {
+            "type": "array",
+            "description": "the same times as runs, each with what a daylight-saving change "
+            "does to it",
+            "items": {
+                "type": "object",
+                "required": ["at"],
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "dst": {
+                        "type": "object",
+                        "description": "absent on an ordinary time",
+                        "required": ["kind", "note"],
+                        "properties": {
+                            "kind": {
+                                "type": "string",
+                                "enum": [
+                                    cronlib.SHIFTED,
+                                    cronlib.MERGED,
+                                    cronlib.REPEATED,
+                                    cronlib.GAP,
+                                ],
+                                "description": "shifted: the clock time does not exist that "
+                                "day, runs at the first instant after the gap; merged: the "
+                                "clock time happens twice, runs once at the first; repeated: "
+                                "runs at both (every-hour schedules); gap: the first run after "
+                                "clock times that did not happen",
+                            },
+                            "note": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "notes": {**TEXTS, "description": "what else shapes the times: startAt/endAt, jitter"},
+        "warnings": {
+            **TEXTS,
+            "description": "a saved task: its recent runs took longer than the shortest "
+            "interval between its next runs, and what overlapPolicy will do",
+        },
+        "note": {"type": "string", "description": "a saved task that is not active"},
+    },
+}
+EXAMPLE = {
+    "description": "At 02:30 AM (America/New_York)",
+    "runs": ["2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00"],
+    "occurrences": [
+        {"at": "2026-03-07T02:30:00-05:00"},
+        {
+            "at": "2026-03-08T03:00:00-04:00",
+            "dst": {
+                "kind": "shifted",
+                "note": "02:30 does not exist on 2026-03-08 in America/New_York; runs at 03:00",
+            },
+        },
+    ],
+    "notes": [],
+    "warnings": [],
+}
 
 
 class SchedulePreviewView(APIView):
@@ -29,10 +103,23 @@ class SchedulePreviewView(APIView):
                 "properties": {
                     "schedule": {
                         "type": "object",
+                        "description": "a task's schedule: cron or at, timezone, and its "
+                        "options (startAt/endAt and jitterSeconds shape the answer)",
                         "properties": {
                             "cron": {"type": "string"},
                             "timezone": {"type": "string"},
                             "at": {"type": "string", "format": "date-time"},
+                            "startAt": {"type": "string", "format": "date-time"},
+                            "endAt": {"type": "string", "format": "date-time"},
+                            "jitterSeconds": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": MAX_JITTER,
+                            },
+                            "misfirePolicy": {"type": "string"},
+                            "catchupWindowSeconds": {"type": "integer"},
+                            "overlapPolicy": {"type": "string"},
+                            "graceSeconds": {"type": "integer"},
                         },
                     },
                     "count": {"type": "integer", "minimum": 1, "maximum": 500},
@@ -40,15 +127,8 @@ class SchedulePreviewView(APIView):
                 },
             }
         },
-        responses={
-            200: {
-                "type": "object",
-                "properties": {
-                    "description": {"type": "string"},
-                    "runs": {"type": "array", "items": {"type": "string", "format": "date-time"}},
-                },
-            }
-        },
+        responses={200: PREVIEW, 400: openapi.ERRORS},
+        examples=[OpenApiExample("Spring forward", value=EXAMPLE, response_only=True)],
     )
     @path_errors
     def post(self, request: Request) -> Response:
@@ -58,7 +138,7 @@ class SchedulePreviewView(APIView):
         unknown = set(body) - {"schedule", "count", "from"}
         errors: dict[str, list[str]] = {key: ["unknown field"] for key in unknown}
         schedule = body.get("schedule")
-        fields = parse_schedule(schedule, None, errors)
+        fields = _parse(schedule, errors)
         if not isinstance(schedule, dict) or not ({"cron", "at"} & set(schedule)):
             errors.setdefault("schedule", ["needs a cron or an at"])
         count = body.get("count", 10)
@@ -88,7 +168,32 @@ class SchedulePreviewView(APIView):
                 at=fields.get("run_at"),
                 count=count,
                 start=start,
+                start_at=fields.get("start_at"),
+                end_at=fields.get("end_at"),
+                jitter_seconds=fields.get("jitter_seconds", 0),
             )
         except cronlib.CronError as exc:
             raise PayloadError({"schedule.cron": [str(exc)]}) from None
         return Response(preview)
+
+
+def _parse(schedule: Any, errors: dict[str, list[str]]) -> dict[str, Any]:
+    """``parse_schedule``, and the checks of the options a preview uses (the window and
+    the jitter; the others are read and ignored)."""
+    parsed: dict[str, list[str]] = {}
+    fields = parse_schedule(schedule, None, parsed)
+    for path, reasons in parsed.items():
+        # parse_schedule reads the options, but its list of known keys lacks them.
+        if reasons == ["unknown field"] and path.split(".", 1)[-1] in SCHEDULE_OPTIONS:
+            continue
+        errors[path] = reasons
+    jitter = fields.get("jitter_seconds", 0)
+    if isinstance(jitter, int) and not 0 <= jitter <= MAX_JITTER:
+        errors["schedule.jitterSeconds"] = [f"must be from 0 to {MAX_JITTER} seconds"]
+    start_at, end_at = fields.get("start_at"), fields.get("end_at")
+    if start_at and end_at and end_at <= start_at:
+        errors["schedule.endAt"] = ["must be after schedule.startAt"]
+    for key in ("startAt", "endAt"):
+        if fields.get(SCHEDULE_OPTIONS[key]) and not fields.get("cron"):
+            errors[f"schedule.{key}"] = ["only a recurring schedule (cron) has a window"]
+    return fields

@@ -28,6 +28,7 @@ from ..storable import unstorable
 from . import openapi
 from .common import caller, int_param, path_errors
 from .payloads import PayloadError, execution_to_json, parse_owner, parse_task, task_to_json
+from .schedules import PREVIEW
 from .webhooks import hook_to_json
 
 
@@ -55,13 +56,6 @@ MAX_BULK_IDS = 1000
 ERRORS = {**openapi.ERRORS, "example": {"schedule.cron": ["..."]}}
 TASK = openapi.ref("Task")
 EXECUTION = openapi.ref("Execution")
-PREVIEW = {
-    "type": "object",
-    "properties": {
-        "description": {"type": "string"},
-        "runs": {"type": "array", "items": {"type": "string", "format": "date-time"}},
-    },
-}
 GUIDE_CREATE = OpenApiExample(
     "Daily report (the guide)",
     request_only=True,
