@@ -214,13 +214,17 @@ def test_schedule_preview_describes_and_lists_runs(api: APIClient) -> None:
         format="json",
     )
     assert response.status_code == 200, response.json()
+    runs = [
+        "2026-11-27T09:00:00-05:00",
+        "2026-11-30T09:00:00-05:00",
+        "2026-12-01T09:00:00-05:00",
+    ]
     assert response.json() == {
         "description": "At 09:00 AM, Monday through Friday (America/New_York)",
-        "runs": [
-            "2026-11-27T09:00:00-05:00",
-            "2026-11-30T09:00:00-05:00",
-            "2026-12-01T09:00:00-05:00",
-        ],
+        "runs": runs,
+        "occurrences": [{"at": run} for run in runs],  # no DST change near these
+        "notes": [],
+        "warnings": [],
     }
     bad = api.post("/api/schedules/preview", {"schedule": {"cron": "0 0 30 2 *"}}, format="json")
     assert bad.status_code == 400 and "schedule.cron" in bad.json()

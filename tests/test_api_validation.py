@@ -66,6 +66,50 @@ CASES: list[tuple[str, Any, str]] = [
     ("cron hour 24", make(schedule={"cron": "0 24 * * *"}), "schedule.cron"),
     ("cron never fires", make(schedule={"cron": "0 0 30 2 *"}), "schedule.cron"),
     ("cron words", make(schedule={"cron": "every day at nine"}), "schedule.cron"),
+    *(
+        (f"schedule {key}={value!r}", make(schedule={"cron": "0 9 * * *", key: value}), path)
+        for key, value, path in (
+            ("misfirePolicy", "sometimes", "schedule.misfirePolicy"),
+            ("misfirePolicy", 1, "schedule.misfirePolicy"),
+            ("overlapPolicy", "replace", "schedule.overlapPolicy"),
+            ("catchupWindowSeconds", 10, "schedule.catchupWindowSeconds"),
+            ("catchupWindowSeconds", "1h", "schedule.catchupWindowSeconds"),
+            ("jitterSeconds", 901, "schedule.jitterSeconds"),
+            ("jitterSeconds", -1, "schedule.jitterSeconds"),
+            ("jitterSeconds", True, "schedule.jitterSeconds"),
+            ("graceSeconds", 5, "schedule.graceSeconds"),
+            ("startAt", "next monday", "schedule.startAt"),
+            ("endAt", "2020-01-01T00:00:00Z", "schedule.endAt"),
+        )
+    ),
+    (
+        "window backwards",
+        make(
+            schedule={
+                "cron": "0 9 * * *",
+                "startAt": "2040-02-01T00:00:00Z",
+                "endAt": "2040-01-01T00:00:00Z",
+            }
+        ),
+        "schedule.endAt",
+    ),
+    (
+        "window on a one-time task",
+        make(
+            type="one-time",
+            schedule={"at": "2040-01-01T09:00:00Z", "startAt": "2039-01-01T00:00:00Z"},
+        ),
+        "schedule.startAt",
+    ),
+    (
+        "schedule controls on a trigger task",
+        make(
+            type="trigger",
+            schedule={"overlapPolicy": "allow"},
+            trigger={"type": "event", "config": {"event": "x"}},
+        ),
+        "schedule",
+    ),
     ("cron L", make(schedule={"cron": "0 9 L * *"}), "schedule.cron"),
     (
         "bad timezone",

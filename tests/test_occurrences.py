@@ -384,3 +384,49 @@ def test_a_fire_while_paused_is_recorded_as_skipped(user: Any) -> None:
     ScheduledTask.objects.filter(pk=task.pk).update(status="paused")
     assert fire(task, T0, since=T0 - MINUTE, now=T0) == []
     assert ledger(task)[0].error == "skipped: the task is paused"
+
+
+# --- through the API ------------------------------------------------------------------------
+
+
+def test_schedule_controls_round_trip_through_the_api(django_user_model: Any) -> None:
+    from tests.api_clients import client_for
+
+    api = client_for(django_user_model, "controls")
+    schedule = {
+        "cron": "*/15 * * * *",
+        "timezone": "Europe/Paris",
+        "misfirePolicy": "runAll",
+        "catchupWindowSeconds": 7200,
+        "overlapPolicy": "queue",
+        "jitterSeconds": 120,
+        "startAt": "2040-01-01T00:00:00+00:00",
+        "endAt": "2040-06-01T00:00:00+00:00",
+        "graceSeconds": 600,
+    }
+    body = {
+        "name": "controls",
+        "type": "recurring",
+        "schedule": schedule,
+        "action": {"type": "webhook", "url": "https://example.com/hook"},
+    }
+    created = api.post("/api/tasks", body, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["schedule"] == schedule
+    assert created.json()["nextRun"] == "2040-01-01T00:00:00+00:00"
+    task = ScheduledTask.objects.get(pk=created.json()["id"])
+    assert (task.periodic_task.start_time, task.periodic_task.expires) == (
+        task.start_at,
+        task.end_at,
+    )
+    # Back to the defaults: the JSON no longer mentions them.
+    changed = api.patch(
+        f"/api/tasks/{task.pk}",
+        {"schedule": {"misfirePolicy": "runOnce", "startAt": None, "endAt": None}},
+        format="json",
+    )
+    assert changed.status_code == 200, changed.json()
+    assert "misfirePolicy" not in changed.json()["schedule"]
+    assert "startAt" not in changed.json()["schedule"]
+    task.periodic_task.refresh_from_db()
+    assert task.periodic_task.start_time is None and task.periodic_task.expires is None

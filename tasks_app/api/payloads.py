@@ -173,7 +173,7 @@ def parse_schedule(
     if not isinstance(schedule, dict):
         errors["schedule"] = ["must be an object"]
         return {}
-    for key in set(schedule) - SCHEDULE_KEYS:
+    for key in set(schedule) - SCHEDULE_KEYS - set(SCHEDULE_OPTIONS):
         errors[f"schedule.{key}"] = ["unknown field"]
     fields: dict[str, Any] = {}
     if "cron" in schedule:

@@ -180,13 +180,7 @@ class SchedulePreviewView(APIView):
 def _parse(schedule: Any, errors: dict[str, list[str]]) -> dict[str, Any]:
     """``parse_schedule``, and the checks of the options a preview uses (the window and
     the jitter; the others are read and ignored)."""
-    parsed: dict[str, list[str]] = {}
-    fields = parse_schedule(schedule, None, parsed)
-    for path, reasons in parsed.items():
-        # parse_schedule reads the options, but its list of known keys lacks them.
-        if reasons == ["unknown field"] and path.split(".", 1)[-1] in SCHEDULE_OPTIONS:
-            continue
-        errors[path] = reasons
+    fields = parse_schedule(schedule, None, errors)
     jitter = fields.get("jitter_seconds", 0)
     if isinstance(jitter, int) and not 0 <= jitter <= MAX_JITTER:
         errors["schedule.jitterSeconds"] = [f"must be from 0 to {MAX_JITTER} seconds"]
