@@ -70,12 +70,13 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Before rest_framework.authtoken: its drf_create_token replaces DRF's (hashed tokens).
+    "tasks_app",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_celery_beat",
     "django_celery_results",
-    "tasks_app",
 ]
 
 MIDDLEWARE = [
@@ -147,7 +148,7 @@ WHITENOISE_USE_FINDERS = True
 # --- REST framework -------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tasks_app.auth.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -11,6 +11,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django_celery_beat.models import PeriodicTask
 
+from . import sealed
 from .fields import EncryptedJSONField, EncryptedTextField
 
 
@@ -262,6 +263,16 @@ class ScheduledTask(models.Model):
             ]
         if update_fields is None or DEFINITION_FIELDS & set(update_fields):
             validate_task(self)
+        if (update_fields is None or "action" in update_fields) and sealed.has_secrets(self.action):
+            stored = None
+            if not self._state.adding and sealed.MASK in str(self.action):
+                stored = (
+                    type(self)
+                    ._base_manager.filter(pk=self.pk)
+                    .values_list("action", flat=True)
+                    .first()
+                )
+            self.action = sealed.seal(self.action, stored)
         with transaction.atomic(using=kwargs.get("using")):
             super().save(*args, **kwargs)
 

@@ -21,6 +21,7 @@ from executors.base import error_path
 from executors.errors import ConfigError
 
 from . import cron as cronlib
+from . import sealed
 from .models import ActionType, MisfirePolicy, OverlapPolicy, TaskType
 from .specs import TRIGGER_CONFIGS, Conditions, Notification, RetryPolicy, Trigger
 
@@ -156,7 +157,7 @@ def validate_task(task: ScheduledTask) -> None:
                 errors.spec("trigger.config", TRIGGER_CONFIGS[kind], config)
     elif task.trigger is not None:
         errors.add("trigger", "only a trigger task has a trigger")
-    validate_action(task.action, errors)
+    validate_action(sealed.for_validation(task.action), errors)
     errors.spec("retryPolicy", RetryPolicy, task.retry_policy or {})
     errors.spec("notification", Notification, task.notification or {})
     if not isinstance(task.conditions, list):

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from tasks_app.auth import token_issue
 
 
 def token_client(user: Any) -> APIClient:
     """A client that sends ``Authorization: Token …`` for ``user`` (a new token)."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user)}")
     return client
 
 

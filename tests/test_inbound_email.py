@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from tasks_app.auth import token_issue
 from tasks_app.conf import RUN_TASK_NAME
 from tasks_app.models import ExecutionTrigger, ScheduledTask, TaskExecution, TaskMailbox
 from tasks_app.services import executions
@@ -351,7 +351,7 @@ def test_an_action_can_use_email_subject(
 @pytest.fixture
 def api(user: Any, mail_conf: Any) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user)}")
     return client
 
 

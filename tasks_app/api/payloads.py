@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
 from .. import cron as cronlib
+from .. import sealed
 from ..models import JSON_FIELDS, ScheduledTask, TaskExecution, TaskType
 from ..services.inbound_email import task_email_address
 from ..storable import unstorable
@@ -46,7 +47,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
 
-def task_to_json(task: ScheduledTask) -> dict[str, Any]:
+def task_to_json(task: ScheduledTask, *, reveal_secrets: bool = False) -> dict[str, Any]:
+    """The task as the API shows it; secret action headers masked, except in the answer
+    to the request that created the task (``reveal_secrets``): never again after that."""
     schedule: dict[str, Any] | None = None
     if task.type == TaskType.RECURRING:
         schedule = {"cron": task.cron, "timezone": task.timezone, **schedule_options(task)}
@@ -65,7 +68,7 @@ def task_to_json(task: ScheduledTask) -> dict[str, Any]:
         "schedule": schedule,
         "trigger": task.trigger,
         "emailAddress": task_email_address(task),
-        "action": task.action,
+        "action": sealed.unsealed(task.action) if reveal_secrets else sealed.masked(task.action),
         "conditions": task.conditions,
         "retryPolicy": task.retry_policy,
         "notification": task.notification,

@@ -222,7 +222,7 @@ class TaskViewSet(viewsets.ViewSet):
         if missing:
             raise PayloadError({key: ["is required"] for key in missing})
         task = definitions.task_create(owner=owner, **fields)
-        return Response(task_to_json(task), status=201)
+        return Response(task_to_json(task, reveal_secrets=True), status=201)
 
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(task_to_json(self._task(request, pk)))

@@ -33,6 +33,7 @@ from executors.base import ActionResult, ExecutionContext
 from executors.errors import ExecutorError, RetryableError
 from executors.templating import render_value
 
+from .. import sealed
 from ..conf import NOTIFY_TASK_NAME, scheduler_settings
 from ..models import (
     ActionType,
@@ -255,6 +256,7 @@ def execution_run(*, execution: TaskExecution) -> Outcome:
 
 def run_action(action: dict[str, Any], ctx: ExecutionContext) -> ActionResult:
     """Render the action's templates, validate the result, and run its executor."""
+    action = sealed.unsealed(action)  # secret headers, in clear text only from here on
     executor = executors.registry.get(str(action.get("type")))
     missing: list[str] = []
     rendered = render_value(action, ctx.variables, missing=missing)

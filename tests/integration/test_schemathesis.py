@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 TOKEN = """
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
+from tasks_app.auth import token_issue
 user, _ = User.objects.get_or_create(username="fuzzer")
-result = Token.objects.get_or_create(user=user)[0].key
+result = token_issue(user)
 """
 
 

@@ -12,7 +12,9 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
+from tasks_app import sealed
 from tasks_app.fields import rotate
+from tasks_app.models import ScheduledTask
 
 # (table, primary key column, encrypted columns)
 ENCRYPTED_COLUMNS = (
@@ -30,7 +32,17 @@ class Command(BaseCommand):
             for table, pk, columns in ENCRYPTED_COLUMNS:
                 for column in columns:
                     total += self._rotate_column(cursor, table, pk, column)
+            total += self._rotate_action_headers()
         self.stdout.write(f"re-encrypted {total} value(s) under the newest key")
+
+    def _rotate_action_headers(self) -> int:
+        """Sealed secret headers inside task actions (tasks_app.sealed)."""
+        count = 0
+        tasks = ScheduledTask._base_manager.filter(action__icontains=sealed.SEALED)
+        for pk, action in tasks.values_list("pk", "action").iterator(chunk_size=500):
+            ScheduledTask._base_manager.filter(pk=pk).update(action=sealed.resealed(action))
+            count += str(action).count(sealed.SEALED)
+        return count
 
     def _rotate_column(self, cursor: Any, table: str, pk: str, column: str) -> int:
         quote = connection.ops.quote_name

@@ -14,7 +14,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
-from rest_framework.authtoken.models import Token
+
+from tasks_app.auth import token_issue, token_matches
 
 
 class Command(BaseCommand):
@@ -79,5 +80,12 @@ class Command(BaseCommand):
             secret_file.write_text(password)
             secret_file.chmod(0o600)
         password = secret_file.read_text().strip() if secret_file.exists() else "(unchanged)"
-        token, _ = Token.objects.get_or_create(user=user)
-        return username, password, token.key
+        # Keys are stored hashed: the first start makes one and keeps it beside the
+        # password (0600); a key that no longer works (replaced) is made anew.
+        token_file = Path(settings.DATA_DIR) / "admin_token"
+        token = token_file.read_text().strip() if token_file.exists() else ""
+        if not token or not token_matches(user, token):
+            token = token_issue(user)
+            token_file.write_text(token)
+            token_file.chmod(0o600)
+        return username, password, token
