@@ -27,3 +27,17 @@ def single_line(value: str | None) -> str | None:
     if value is not None and ("\r" in value or "\n" in value):
         raise ValueError("must be a single line")
     return value
+
+
+#: RFC 9110 token characters: what a header name may contain.
+HEADER_NAME_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def http_headers(value: dict[str, str]) -> dict[str, str]:
+    """Header names are tokens; values stay on one line (no header injection)."""
+    for name, text in value.items():
+        if not name or not set(name.lower()) <= HEADER_NAME_CHARS:
+            raise ValueError(f"{name!r} is not a valid header name")
+        if "\r" in text or "\n" in text or "\0" in text:
+            raise ValueError(f"the value of {name!r} must be a single line")
+    return value

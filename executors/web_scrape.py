@@ -20,7 +20,7 @@ from bs4 import BeautifulSoup, CData, NavigableString, Tag
 from bs4.dammit import EncodingDetector, UnicodeDammit
 from pydantic import Field, ValidationInfo, field_validator
 
-from . import egress
+from . import egress, fields
 from .base import ActionConfig, ActionResult, ExecutionContext, Executor
 from .errors import PermanentError, RetryableError
 
@@ -49,7 +49,6 @@ BLOCK_TAGS = frozenset(
 WHITESPACE = re.compile(r"\s+")
 CELL_TAGS = frozenset({"td", "th"})
 URL_ATTRIBUTES = frozenset({"href", "src", "action", "poster", "cite", "data-src"})
-HEADER_NAME_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 
 
 class WebScrapeConfig(ActionConfig):
@@ -94,15 +93,7 @@ class WebScrapeConfig(ActionConfig):
             raise ValueError(f"is not a valid CSS selector: {exc}") from None
         return value
 
-    @field_validator("headers")
-    @classmethod
-    def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not name or not set(name.lower()) <= HEADER_NAME_CHARS:
-                raise ValueError(f"{name!r} is not a valid header name")
-            if "\r" in text or "\n" in text or "\0" in text:
-                raise ValueError(f"the value of {name!r} must be a single line")
-        return value
+    _valid_headers = field_validator("headers")(fields.http_headers)
 
 
 class WebScrapeExecutor(Executor[WebScrapeConfig]):

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, JsonValue, field_validator
 
-from . import egress
+from . import egress, fields
 from .base import TRIGGER_DEPTH_HEADER, ActionConfig, ActionResult, ExecutionContext, Executor
 from .errors import PermanentError, RetryableError
 
@@ -29,6 +29,8 @@ class WebhookConfig(ActionConfig):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    _valid_headers = field_validator("headers")(fields.http_headers)
 
     @field_validator("url")
     @classmethod
