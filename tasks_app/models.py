@@ -510,3 +510,21 @@ class Report(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class CalendarFeed(models.Model):
+    """A user's secret iCal feed URL (GET /calendar/<token>.ics): only the token's SHA-256
+    is kept, so the URL is shown once, when it is made or regenerated."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="calendar_feed"
+    )
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "calendar_feeds"
+
+    def __str__(self) -> str:
+        return f"Calendar feed of {self.owner_id}"

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import cron as cronlib
 from .. import selectors
-from ..models import TaskStatus, TaskType
+from ..services.calendar import calendar_entries
 from .common import caller, path_errors
 from .payloads import PayloadError
 
@@ -43,51 +40,17 @@ class CalendarView(APIView):
         end = _moment(request, "end", start + timedelta(days=31))
         if not start < end <= start + MAX_WINDOW:
             raise PayloadError({"end": ["must be after start, within 92 days"]})
-        tasks = selectors.tasks_visible_to(user).filter(owner=user)
-        entries: list[dict[str, Any]] = []
-        planned_from = max(start, timezone.now())
-        for task in tasks.filter(status=TaskStatus.ACTIVE):
-            for at in _planned(task.type, task.cron, task.timezone, task.run_at, planned_from, end):
-                entries.append(
-                    {
-                        "taskId": str(task.pk),
-                        "name": task.name,
-                        "at": at.isoformat(),
-                        "status": "planned",
-                        "executionId": None,
-                    }
-                )
-        runs = (
-            selectors.executions_visible_to(user)
-            .filter(task__owner=user)
-            .annotate(at=Coalesce("scheduled_for", "started_at", "queued_at"))
-            .filter(at__gte=start, at__lt=end)
-            .select_related("task")
-            .defer("logs", "result")
+        found = calendar_entries(
+            tasks=selectors.tasks_visible_to(user).filter(owner=user),  # own, even for staff
+            executions=selectors.executions_visible_to(user).filter(task__owner=user),
+            start=start,
+            end=end,
+            planned_per_task=MAX_PLANNED_PER_TASK,
         )
-        for run in runs:
-            entries.append(
-                {
-                    "taskId": str(run.task_id),
-                    "name": run.task.name,
-                    "at": run.at.astimezone(UTC).isoformat(),
-                    "status": run.status,
-                    "executionId": str(run.pk),
-                }
-            )
-        entries.sort(key=lambda entry: entry["at"])
         return Response(
-            {"start": start.isoformat(), "end": end.isoformat(), "occurrences": entries}
+            {
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "occurrences": [entry.as_json() for entry in found.entries],
+            }
         )
-
-
-def _planned(
-    task_type: str, cron: str, zone: str, run_at: datetime | None, start: datetime, end: datetime
-) -> list[datetime]:
-    if task_type == TaskType.ONE_TIME:
-        return [run_at.astimezone(UTC)] if run_at and start <= run_at < end else []
-    if task_type != TaskType.RECURRING:
-        return []
-    return cronlib.Cron(cron, zone).upcoming(
-        start - timedelta(microseconds=1), MAX_PLANNED_PER_TASK, before=end
-    )

@@ -4,6 +4,7 @@ from rest_framework.routers import SimpleRouter
 from .calendar import CalendarView
 from .events import EventView
 from .executions import ExecutionView
+from .feeds import CalendarFeedView
 from .health import HealthView
 from .integrations import GoogleCredentialView
 from .push import PushKeyView, PushSubscriptionListView, PushSubscriptionView
@@ -29,6 +30,7 @@ urlpatterns = [
     path("schedules/preview", SchedulePreviewView.as_view(), name="schedule-preview"),
     path("stats", StatsView.as_view(), name="stats"),
     path("calendar", CalendarView.as_view(), name="calendar"),
+    path("calendar/feed", CalendarFeedView.as_view(), name="calendar-feed-url"),
     path("reports", ReportListView.as_view(), name="report-list"),
     path("reports/<uuid:pk>", ReportView.as_view(), name="report"),
     path("reports/<uuid:pk>/download", ReportDownloadView.as_view(), name="report-download"),

@@ -1,0 +1,1 @@
+"""Server-rendered pages (session login) and the public iCal feed."""
