@@ -79,6 +79,9 @@ INSTALLED_APPS = [
     "django_celery_results",
 ]
 
+# Browser pages (calendar) send people without a session here; any user may log in.
+LOGIN_URL = "login"
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -96,7 +99,7 @@ WSGI_APPLICATION = "scheduler_project.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "templates"],  # admin/base_site.html: the Calendar link
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

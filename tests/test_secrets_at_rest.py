@@ -248,3 +248,34 @@ def test_a_database_dump_shows_no_secret(django_user_model: Any) -> None:
         google["refresh_token"],
     ):
         assert secret not in dump, f"{secret[:6]}… is in the dump"
+
+
+def test_the_migration_seals_what_was_stored_before(django_user_model: Any) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("tasks_app.migrations.0008_seal_existing_secrets")
+    user = django_user_model.objects.create(username="old")
+    legacy_key = Token.generate_key()
+    Token.objects.create(user=user, key=legacy_key)  # as DRF stored it
+    task = ScheduledTask.objects.create(
+        owner=user,
+        name="old",
+        type="trigger",
+        trigger={"type": "event", "config": {"event": "x"}},
+        action={"type": "webhook", "url": "https://example.com/h"},
+    )
+    plain = {
+        "type": "webhook",
+        "url": "https://example.com/h",
+        "headers": {"Authorization": BEARER},
+    }
+    ScheduledTask.objects.filter(pk=task.pk).update(action=plain)  # bypasses sealing
+    migration.seal_existing(apps, None)
+    assert BEARER not in stored_text(str(task.pk))
+    assert sealed.unsealed(ScheduledTask.objects.get(pk=task.pk).action) == plain
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {legacy_key}")  # the old key still works
+    assert client.get("/api/tasks").status_code == 200
+    assert not Token.objects.filter(key=legacy_key).exists()

@@ -57,7 +57,7 @@ class Day:
     clocks: str = ""  # "clocks go forward/back" in the selected timezone
 
 
-@login_required(login_url="admin:login")
+@login_required
 @require_GET
 def calendar_page(request: HttpRequest) -> HttpResponse:
     user = request.user
