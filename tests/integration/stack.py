@@ -3,6 +3,7 @@ default (SQLite + filesystem transport) or on PostgreSQL + Redis."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -35,6 +36,20 @@ FAST_RECOVERY = {
 }
 
 
+_STACK_COUNT = itertools.count(int(uuid.uuid4().int % 15))
+
+
+def redis_db_number() -> int:
+    """A Redis database of its own for each stack: numbers 1-15, split between the
+    pytest-xdist workers (gw0 takes odd ones, gw1 even ones) so two stacks running at once
+    never share (and FLUSHDB) a queue."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0) if worker.startswith("gw") else 0
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    choices = [n for n in range(1, 16) if (n - 1) % workers == index % workers]
+    return choices[next(_STACK_COUNT) % len(choices)]  # stacks alive together differ
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,8 +72,15 @@ def compose_services() -> dict[str, Any]:
 
 class Stack:
     def __init__(
-        self, mode: str, workdir: Path, extra_env: Mapping[str, str] | None = None
+        self,
+        mode: str,
+        workdir: Path,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        postgres_url: str = POSTGRES_URL,
+        redis_url: str = REDIS_URL,
     ) -> None:
+        self.postgres_url, self.redis_url = postgres_url, redis_url
         self.mode = mode
         self.workdir = workdir
         self.data_dir = workdir / "var"
@@ -87,9 +109,9 @@ class Stack:
         self.db_name = None
         if mode == "postgres-redis":
             self.db_name = f"it_{uuid.uuid4().hex[:12]}"
-            self.redis_db = 1 + int(uuid.uuid4().int % 15)
-            env["DATABASE_URL"] = f"{POSTGRES_URL}/{self.db_name}"
-            env["CELERY_BROKER_URL"] = f"{REDIS_URL}/{self.redis_db}"
+            self.redis_db = redis_db_number()
+            env["DATABASE_URL"] = f"{postgres_url}/{self.db_name}"
+            env["CELERY_BROKER_URL"] = f"{redis_url}/{self.redis_db}"
             self._admin_sql(f'CREATE DATABASE "{self.db_name}"')
             self._redis("FLUSHDB")
         self.env = env
@@ -98,13 +120,13 @@ class Stack:
     def _admin_sql(self, sql: str) -> None:
         import psycopg
 
-        with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as conn:
+        with psycopg.connect(f"{self.postgres_url}/postgres", autocommit=True) as conn:
             conn.execute(sql)
 
     def _redis(self, *command: str) -> None:
         import redis
 
-        redis.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").execute_command(*command)
+        redis.Redis.from_url(f"{self.redis_url}/{self.redis_db}").execute_command(*command)
 
     def manage(self, *args: str, timeout: float = 180) -> str:
         done = subprocess.run(
@@ -140,7 +162,7 @@ class Stack:
                 return conn.execute(sql, params).fetchall()
         import psycopg
 
-        with psycopg.connect(f"{POSTGRES_URL}/{self.db_name}") as conn:
+        with psycopg.connect(f"{self.postgres_url}/{self.db_name}") as conn:
             return conn.execute(sql.replace("?", "%s"), params).fetchall()
 
     # -- processes -------------------------------------------------------------------
