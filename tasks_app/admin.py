@@ -10,15 +10,12 @@ them masked too, and a value sent back as the mask keeps the stored one (``unmas
 
 from __future__ import annotations
 
-import copy
 import json
-import re
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any
-from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from cron_descriptor import FormatException, MissingFieldException, WrongArgumentException
@@ -36,7 +33,7 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from . import cron as cronlib
-from . import sealed, selectors
+from . import selectors
 from .conf import BEAT_ENTRY_PREFIX
 from .models import (
     EDITABLE_FIELDS,
@@ -47,17 +44,11 @@ from .models import (
     TaskType,
     TaskWebhook,
 )
+from .sealed import MASK, mask_text, unmasked
+from .sealed import masked_for_display as masked
 from .services import definitions, dispatch
 from .services.lateness import LateTask, tasks_late
 
-MASK = sealed.MASK
-# Names of headers, query parameters and JSON keys whose (string) values are secrets.
-SECRET_NAME = re.compile(
-    r"authoriz|token|secret|key|passw|signature|cookie|credential", re.IGNORECASE
-)
-QUERY_PARAM = re.compile(r"([?&;])([^=&#\s\"'<>]+)=([^&#\s\"'<>]*)")
-USERINFO = re.compile(r"(://[^/@:\s\"'<>]+:)([^/@\s\"'<>]+)@")
-BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 JSON_FORM_FIELDS = ("trigger", "action", "conditions", "retry_policy", "notification")
 CRON_DESCRIPTOR_ERRORS = (FormatException, MissingFieldException, WrongArgumentException)
 NEXT_RUNS = 10
@@ -71,99 +62,6 @@ BADGE_COLOURS: dict[str, str] = {
     ExecutionStatus.QUEUED: "#6d4c41",
     ExecutionStatus.SKIPPED: "#757575",
 }
-
-
-# --- secrets ------------------------------------------------------------------------------
-
-
-def _is_sealed(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {sealed.SEALED}
-
-
-def _is_secret_item(key: Any, value: Any) -> bool:
-    return _is_sealed(value) or (
-        isinstance(key, str)
-        and bool(SECRET_NAME.search(key))
-        and isinstance(value, str)
-        and value != ""
-    )
-
-
-def mask_text(text: str) -> str:
-    """``text`` with secret-named URL query values, URL passwords and bearer credentials
-    replaced by the mask."""
-
-    def query(match: re.Match[str]) -> str:
-        secret = match[3] and SECRET_NAME.search(unquote(match[2]))
-        return f"{match[1]}{match[2]}={MASK}" if secret else match[0]
-
-    text = QUERY_PARAM.sub(query, text)
-    text = USERINFO.sub(lambda m: f"{m[1]}{MASK}@", text)
-    return BEARER.sub(lambda m: f"{m[1]} {MASK}", text)
-
-
-def masked(value: Any) -> Any:
-    """A copy of a JSON value as the admin shows it: sealed values, string values under
-    secret-looking keys (headers or not) and secrets inside strings masked."""
-    if _is_sealed(value):
-        return MASK
-    if isinstance(value, dict):
-        return {k: MASK if _is_secret_item(k, v) else masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [masked(item) for item in value]
-    if isinstance(value, str):
-        return mask_text(value)
-    return value
-
-
-def _destination(value: dict[str, Any]) -> tuple[str | None, int | None] | None:
-    url = value.get("url")
-    if not isinstance(url, str):
-        return None
-    try:
-        parts = urlsplit(url)
-        return (parts.hostname, parts.port)
-    except ValueError:
-        return (url, None)
-
-
-def _restore_params(submitted: str, stored: str) -> str:
-    """Masked query values of ``submitted`` taken back from the same parameter of
-    ``stored`` (a URL edited around its secret)."""
-    values = {m[2]: m[3] for m in QUERY_PARAM.finditer(stored)}
-
-    def query(match: re.Match[str]) -> str:
-        if match[3] == MASK and match[2] in values:
-            return f"{match[1]}{match[2]}={values[match[2]]}"
-        return match[0]
-
-    return QUERY_PARAM.sub(query, submitted)
-
-
-def unmasked(submitted: Any, stored: Any) -> Any:
-    """``submitted`` (an edited copy of ``masked(stored)``) with each mask that is still
-    where it was shown replaced by the stored value. A mask moved elsewhere, or kept in
-    an object whose ``url`` now points to another host, stays (a secret is not sent to a
-    new destination without being typed again)."""
-    if submitted == masked(stored):
-        return copy.deepcopy(stored)
-    if isinstance(submitted, dict) and isinstance(stored, dict):
-        if _destination(submitted) != _destination(stored):
-            return submitted
-        return {
-            key: copy.deepcopy(stored[key])
-            if key in stored and _is_secret_item(key, stored[key]) and value == MASK
-            else unmasked(value, stored.get(key))
-            for key, value in submitted.items()
-        }
-    if isinstance(submitted, list) and isinstance(stored, list):
-        return [
-            unmasked(item, stored[index] if index < len(stored) else None)
-            for index, item in enumerate(submitted)
-        ]
-    if isinstance(submitted, str) and isinstance(stored, str) and MASK in submitted:
-        return _restore_params(submitted, stored)
-    return submitted
 
 
 def pretty_json(value: Any) -> SafeString:

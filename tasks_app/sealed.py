@@ -16,6 +16,7 @@ import copy
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ValidationError
 
@@ -23,9 +24,14 @@ from .fields import decrypt, encrypt, rotate
 
 MASK = "••••••"
 SEALED = "$sealed"
+#: Names of headers, query parameters and JSON keys whose (string) values are secrets.
 SECRET_NAME = re.compile(
-    r"auth|token|secret|passw|key|signature|cookie|credential|session", re.IGNORECASE
+    r"authoriz|token|secret|key|passw|signature|cookie|credential|session|x-auth",
+    re.IGNORECASE,
 )
+QUERY_PARAM = re.compile(r"([?&;])([^=&#\s\"'<>]+)=([^&#\s\"'<>]*)")
+USERINFO = re.compile(r"(://[^/@:\s\"'<>]+:)([^/@\s\"'<>]+)@")
+BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 
 
 def is_secret_header(name: str) -> bool:
@@ -36,17 +42,23 @@ def _is_sealed(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {SEALED} and isinstance(value[SEALED], str)
 
 
-def _header_maps(action: Any, path: str = "action") -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, headers) of the action and of every chain step, at any depth."""
+def _nodes(action: Any, path: str = "action") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, action) of the action and of every chain step, at any depth."""
     if not isinstance(action, dict):
         return
-    headers = action.get("headers")
-    if isinstance(headers, dict):
-        yield f"{path}.headers", headers
+    yield path, action
     steps = action.get("tasks")
     if action.get("type") == "chain" and isinstance(steps, list):
         for index, step in enumerate(steps):
-            yield from _header_maps(step, f"{path}.tasks[{index}]")
+            yield from _nodes(step, f"{path}.tasks[{index}]")
+
+
+def _header_maps(action: Any, path: str = "action") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, headers) of the action and of every chain step, at any depth."""
+    for node_path, node in _nodes(action, path):
+        headers = node.get("headers")
+        if isinstance(headers, dict):
+            yield f"{node_path}.headers", headers
 
 
 def _transform(action: Any, change: Callable[[str, str, Any], Any]) -> Any:
@@ -71,25 +83,46 @@ def has_secrets(action: Any) -> bool:
     )
 
 
+def _destination(node: Any) -> tuple[str | None, int | None] | None:
+    url = node.get("url") if isinstance(node, dict) else None
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        return (parts.hostname, parts.port)
+    except ValueError:
+        return (url, None)
+
+
 def seal(action: Any, stored: Any = None) -> Any:
     """The action as it is stored: secret header values sealed. A value equal to the
-    mask keeps what ``stored`` (the action as it was) has at the same place."""
+    mask keeps what ``stored`` (the action as it was) has at the same place, unless the
+    action there now sends to another host (a secret nobody can see must not be
+    redirected: it has to be typed again)."""
     previous = {
-        (path, name): value
-        for path, headers in _header_maps(stored)
-        for name, value in headers.items()
+        (f"{path}.headers", name): (value, _destination(node))
+        for path, node in _nodes(stored)
+        if isinstance(node.get("headers"), dict)
+        for name, value in node["headers"].items()
         if _is_sealed(value)
     }
+    destinations = {path: _destination(node) for path, node in _nodes(action)}
 
     def change(path: str, name: str, value: Any) -> Any:
         if _is_sealed(value):
             return value
         if value == MASK:
-            if (path, name) not in previous:
+            kept = previous.get((path, name))
+            node_path = path.removesuffix(".headers")
+            if kept is None:
                 raise ValidationError(
                     {f"{path}.{name}": ["is masked; send the secret value itself"]}
                 )
-            return previous[(path, name)]
+            if kept[1] != destinations.get(node_path):
+                raise ValidationError(
+                    {f"{path}.{name}": ["the url's host changed: send the secret value again"]}
+                )
+            return kept[0]
         if isinstance(value, str):
             return {SEALED: encrypt(value)}
         return value  # not a string: validation reports it
@@ -123,3 +156,82 @@ def resealed(action: Any) -> Any:
         action,
         lambda _p, _n, value: {SEALED: rotate(value[SEALED])} if _is_sealed(value) else value,
     )
+
+
+# --- masking any JSON for display (admin pages: actions, results, logs) -------------------
+
+
+def _is_secret_item(key: Any, value: Any) -> bool:
+    return _is_sealed(value) or (
+        isinstance(key, str)
+        and bool(SECRET_NAME.search(key))
+        and isinstance(value, str)
+        and value != ""
+    )
+
+
+def mask_text(text: str) -> str:
+    """``text`` with secret-named URL query values, URL passwords and bearer credentials
+    replaced by the mask."""
+
+    def query(match: re.Match[str]) -> str:
+        secret = match[3] and SECRET_NAME.search(unquote(match[2]))
+        return f"{match[1]}{match[2]}={MASK}" if secret else match[0]
+
+    text = QUERY_PARAM.sub(query, text)
+    text = USERINFO.sub(lambda m: f"{m[1]}{MASK}@", text)
+    return BEARER.sub(lambda m: f"{m[1]} {MASK}", text)
+
+
+def masked_for_display(value: Any) -> Any:
+    """A copy of any JSON value as operators see it: sealed values, string values under
+    secret-looking keys (headers or not) and secrets inside strings masked."""
+    if _is_sealed(value):
+        return MASK
+    if isinstance(value, dict):
+        return {
+            k: MASK if _is_secret_item(k, v) else masked_for_display(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [masked_for_display(item) for item in value]
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
+
+
+def _restore_params(submitted: str, stored: str) -> str:
+    """Masked query values of ``submitted`` taken back from the same parameter of
+    ``stored`` (a URL edited around its secret)."""
+    values = {m[2]: m[3] for m in QUERY_PARAM.finditer(stored)}
+
+    def query(match: re.Match[str]) -> str:
+        if match[3] == MASK and match[2] in values:
+            return f"{match[1]}{match[2]}={values[match[2]]}"
+        return match[0]
+
+    return QUERY_PARAM.sub(query, submitted)
+
+
+def unmasked(submitted: Any, stored: Any) -> Any:
+    """``submitted`` (an edited copy of ``masked_for_display(stored)``) with each mask that
+    is still where it was shown replaced by the stored value. A mask moved elsewhere, or
+    kept in an object whose ``url`` now points to another host, stays (and is refused)."""
+    if submitted == masked_for_display(stored):
+        return copy.deepcopy(stored)
+    if isinstance(submitted, dict) and isinstance(stored, dict):
+        if _destination(submitted) != _destination(stored):
+            return submitted
+        return {
+            key: copy.deepcopy(stored[key])
+            if key in stored and _is_secret_item(key, stored[key]) and value == MASK
+            else unmasked(value, stored.get(key))
+            for key, value in submitted.items()
+        }
+    if isinstance(submitted, list) and isinstance(stored, list):
+        return [
+            unmasked(item, stored[index] if index < len(stored) else None)
+            for index, item in enumerate(submitted)
+        ]
+    if isinstance(submitted, str) and isinstance(stored, str) and MASK in submitted:
+        return _restore_params(submitted, stored)
+    return submitted

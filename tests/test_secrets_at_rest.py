@@ -279,3 +279,14 @@ def test_the_migration_seals_what_was_stored_before(django_user_model: Any) -> N
     client.credentials(HTTP_AUTHORIZATION=f"Token {legacy_key}")  # the old key still works
     assert client.get("/api/tasks").status_code == 200
     assert not Token.objects.filter(key=legacy_key).exists()
+
+
+def test_a_kept_secret_is_not_sent_to_a_new_host(api: APIClient) -> None:
+    task_id = api.post("/api/tasks", webhook_task(), format="json").json()["id"]
+    action = api.get(f"/api/tasks/{task_id}").json()["action"]
+    action["tasks"][0]["url"] = "https://attacker.example/collect"
+    answer = api.patch(f"/api/tasks/{task_id}", {"action": action}, format="json")
+    assert answer.status_code == 400, answer.json()
+    assert "host changed" in str(answer.json()), answer.json()
+    stored = sealed.unsealed(ScheduledTask.objects.get(pk=task_id).action)
+    assert stored["tasks"][0]["url"] == "https://example.com/hook"
