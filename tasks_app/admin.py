@@ -37,6 +37,7 @@ from . import selectors
 from .conf import BEAT_ENTRY_PREFIX
 from .models import (
     EDITABLE_FIELDS,
+    SCHEDULE_CONTROL_FIELDS,
     ActionType,
     ExecutionStatus,
     ScheduledTask,
@@ -52,6 +53,19 @@ from .services.lateness import LateTask, tasks_late
 JSON_FORM_FIELDS = ("trigger", "action", "conditions", "retry_policy", "notification")
 CRON_DESCRIPTOR_ERRORS = (FormatException, MissingFieldException, WrongArgumentException)
 NEXT_RUNS = 10
+#: Read-only on the task page, in its "Runtime" fieldset.
+RUNTIME_FIELDS = (
+    "status",
+    "pause_reason",
+    "last_run",
+    "next_run",
+    "run_count",
+    "late_since",
+    "beat_entry",
+    "created_at",
+    "updated_at",
+    "history",
+)
 LATEST_EXECUTIONS = 20
 EXCERPT_CHARS = 200
 BADGE_COLOURS: dict[str, str] = {
@@ -359,55 +373,14 @@ class ScheduledTaskAdmin(OperatorAdmin):
     )
     search_fields = ("name", "description", "owner__username")
     list_select_related = ("owner",)
-    readonly_fields = (
-        "next_runs",
-        "status",
-        "pause_reason",
-        "last_run",
-        "next_run",
-        "run_count",
-        "late_since",
-        "beat_entry",
-        "created_at",
-        "updated_at",
-        "history",
-    )
+    readonly_fields = ("next_runs", *RUNTIME_FIELDS)
     fieldsets = (
         ("Definition", {"fields": ("owner", "name", "description", "type")}),
         ("Schedule", {"fields": ("cron", "timezone", "run_at", "trigger", "next_runs")}),
-        (
-            "Schedule controls",
-            {
-                "fields": (
-                    "misfire_policy",
-                    "catchup_window_seconds",
-                    "overlap_policy",
-                    "jitter_seconds",
-                    "start_at",
-                    "end_at",
-                    "grace_seconds",
-                )
-            },
-        ),
+        ("Schedule controls", {"fields": SCHEDULE_CONTROL_FIELDS}),
         ("Action", {"fields": ("action",)}),
         ("Policies", {"fields": ("conditions", "retry_policy", "notification")}),
-        (
-            "Runtime",
-            {
-                "fields": (
-                    "status",
-                    "pause_reason",
-                    "last_run",
-                    "next_run",
-                    "run_count",
-                    "late_since",
-                    "beat_entry",
-                    "created_at",
-                    "updated_at",
-                    "history",
-                )
-            },
-        ),
+        ("Runtime", {"fields": RUNTIME_FIELDS}),
     )
     inlines = [ExecutionInline]
     actions = ["pause", "resume", "run_now"]

@@ -79,6 +79,16 @@ class ExecutionTrigger(models.TextChoices):
     EVENT = "event", "Event"
 
 
+# The schedule's controls (schedule.misfirePolicy etc. in the API), in form order.
+SCHEDULE_CONTROL_FIELDS = (
+    "misfire_policy",
+    "catchup_window_seconds",
+    "overlap_policy",
+    "jitter_seconds",
+    "start_at",
+    "end_at",
+    "grace_seconds",
+)
 # The fields a user edits, in form order; saving any of them (or status/owner) validates.
 EDITABLE_FIELDS = (
     "name",
@@ -92,13 +102,7 @@ EDITABLE_FIELDS = (
     "conditions",
     "retry_policy",
     "notification",
-    "misfire_policy",
-    "catchup_window_seconds",
-    "overlap_policy",
-    "jitter_seconds",
-    "start_at",
-    "end_at",
-    "grace_seconds",
+    *SCHEDULE_CONTROL_FIELDS,
 )
 DEFINITION_FIELDS = frozenset({*EDITABLE_FIELDS, "owner"})
 # Written by the runtime with conditional updates, never by a full save of a stale object.
