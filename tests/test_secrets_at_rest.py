@@ -290,3 +290,15 @@ def test_a_kept_secret_is_not_sent_to_a_new_host(api: APIClient) -> None:
     assert "host changed" in str(answer.json()), answer.json()
     stored = sealed.unsealed(ScheduledTask.objects.get(pk=task_id).action)
     assert stored["tasks"][0]["url"] == "https://example.com/hook"
+
+
+def test_the_admin_offers_no_token_pages(django_user_model: Any) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(
+        django_user_model.objects.create(username="root", is_staff=True, is_superuser=True)
+    )
+    index = client.get("/admin/").content.decode()
+    assert "authtoken" not in index
+    assert client.get("/admin/authtoken/tokenproxy/").status_code == 404
