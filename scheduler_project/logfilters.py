@@ -6,7 +6,7 @@ import logging
 import re
 
 SECRET_PARAM = re.compile(
-    r"((?:^|[?&;])(?:secret|token|api_key|apikey|key|signature)=)[^&\s\"']*", re.I
+    r"((?:^|[?&;]\s*)(?:secret|token|api_key|apikey|key|signature)=)[^&\s\"']*", re.I
 )
 
 
@@ -15,11 +15,15 @@ def redact(text: str) -> str:
 
 
 class RedactSecrets(logging.Filter):
-    """Rewrites query-string secrets in a record's message and arguments."""
+    """Rewrites query-string secrets in the record's final text (whatever its arguments:
+    a tuple, or a mapping as in gunicorn's access records)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed record: logging reports it as it would have
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
         return True

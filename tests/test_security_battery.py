@@ -665,12 +665,6 @@ def test_gunicorns_access_log_format_leaves_the_query_string_out() -> None:
     assert "TOPSECRET" not in line and "REFTOKEN" not in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="RedactSecrets rewrites tuple args only: a record with mapping args (gunicorn's "
-    "access records) keeps its secrets; gunicorn's format is the only guard today",
-)
 def test_the_filter_redacts_records_with_mapping_args() -> None:
     from scheduler_project.logfilters import RedactSecrets
 
