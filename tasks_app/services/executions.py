@@ -39,6 +39,8 @@ from ..models import (
     ActionType,
     ExecutionStatus,
     ExecutionTrigger,
+    MisfirePolicy,
+    OverlapPolicy,
     ScheduledTask,
     TaskExecution,
     TaskStatus,
@@ -420,7 +422,7 @@ def _finish(
     if status != ExecutionStatus.RETRYING:
         execution.completed_at = now
     execution.save()
-    if status != ExecutionStatus.RETRYING:
+    if status != ExecutionStatus.RETRYING and _may_hold(execution.task):
         from .occurrences import waiting_release
 
         waiting_release(task_id=execution.task_id)  # overlapPolicy queue, catch-up
@@ -437,6 +439,14 @@ def _finish(
         task.status = TaskStatus.COMPLETED
         task.save(update_fields=["status", "updated_at"])
         ScheduledTask.objects.filter(pk=task.pk).update(next_run=None)
+
+
+def _may_hold(task: ScheduledTask) -> bool:
+    """Only these policies hold runs back (a held run left by a policy changed since is
+    released by the recovery job)."""
+    return (
+        task.overlap_policy == OverlapPolicy.QUEUE or task.misfire_policy == MisfirePolicy.RUN_ALL
+    )
 
 
 def _is_the_one_time_occurrence(execution: TaskExecution) -> bool:
