@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -204,6 +205,11 @@ SCHEDULER_CATCHUP_MAX_RUNS = env_int("SCHEDULER_CATCHUP_MAX_RUNS", 100)
 # long after its time (per task: schedule.graceSeconds); checked every interval.
 SCHEDULER_LATE_AFTER_SECONDS = env_int("SCHEDULER_LATE_AFTER_SECONDS", 300)
 SCHEDULER_LATE_CHECK_INTERVAL = env_int("SCHEDULER_LATE_CHECK_INTERVAL", 60)
+# History that does not grow without bound: every day at 03:17 UTC finished executions
+# older than SCHEDULER_CLEANUP_OLDER_THAN_DAYS and beyond each task's newest
+# SCHEDULER_CLEANUP_KEEP are deleted in batches (SCHEDULER_CLEANUP_KEEP=-1 turns it off).
+SCHEDULER_CLEANUP_KEEP = env_int("SCHEDULER_CLEANUP_KEEP", 100)
+SCHEDULER_CLEANUP_OLDER_THAN_DAYS = env_int("SCHEDULER_CLEANUP_OLDER_THAN_DAYS", 30)
 SCHEDULER_EGRESS_ALLOW = env_list("SCHEDULER_EGRESS_ALLOW")
 SCHEDULER_EGRESS_TIMEOUT = env_int("SCHEDULER_EGRESS_TIMEOUT", 30)
 SCHEDULER_EGRESS_MAX_BYTES = env_int("SCHEDULER_EGRESS_MAX_BYTES", 5 * 1024 * 1024)
@@ -267,6 +273,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "tasks_app.recover_executions",
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL),
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL)},
+    },
+    "scheduler.cleanup-executions": {
+        "task": "tasks_app.cleanup_executions",
+        "schedule": crontab(minute="17", hour="3"),
+        "options": {"expires": 3600.0},
     },
     "scheduler.check-late-tasks": {
         "task": "tasks_app.check_late_tasks",

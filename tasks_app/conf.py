@@ -12,6 +12,7 @@ from executors.egress import EgressPolicy
 RUN_TASK_NAME = "tasks_app.run_task"
 RECOVER_TASK_NAME = "tasks_app.recover_executions"
 LATE_CHECK_TASK_NAME = "tasks_app.check_late_tasks"
+CLEANUP_TASK_NAME = "tasks_app.cleanup_executions"
 RUN_STEP_NAME = "tasks_app.run_step"
 NOTIFY_TASK_NAME = "tasks_app.notify_execution"
 BEAT_ENTRY_PREFIX = "scheduled-task:"

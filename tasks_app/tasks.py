@@ -9,6 +9,7 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore, TimeLimitExceeded
 
 from .conf import (
+    CLEANUP_TASK_NAME,
     LATE_CHECK_TASK_NAME,
     NOTIFY_TASK_NAME,
     RECOVER_TASK_NAME,
@@ -140,3 +141,19 @@ def check_late_tasks() -> int:
     from .services import lateness
 
     return lateness.tasks_check_late()
+
+
+@shared_task(name=CLEANUP_TASK_NAME, acks_late=False, ignore_result=True)
+def cleanup_executions() -> dict[str, int]:
+    """The daily history cleanup (SCHEDULER_CLEANUP_*), in batches of short transactions."""
+    from django.conf import settings
+
+    from .services.maintenance import executions_cleanup
+
+    if settings.SCHEDULER_CLEANUP_KEEP < 0:
+        return {"executions": 0, "deliveries": 0}
+    result = executions_cleanup(
+        keep=settings.SCHEDULER_CLEANUP_KEEP,
+        older_than_days=settings.SCHEDULER_CLEANUP_OLDER_THAN_DAYS,
+    )
+    return {"executions": result.executions, "deliveries": result.deliveries}

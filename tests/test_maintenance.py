@@ -493,3 +493,41 @@ def test_backfill_refuses_future_windows_big_windows_and_other_tasks(user: Any) 
             "2024-01-02",
         )
     assert not TaskExecution.objects.exists()
+
+
+def test_the_cleanup_is_scheduled_daily_by_default(settings: Any) -> None:
+    from celery.schedules import crontab
+
+    entry = settings.CELERY_BEAT_SCHEDULE["scheduler.cleanup-executions"]
+    assert entry["task"] == "tasks_app.cleanup_executions"
+    assert entry["schedule"] == crontab(minute="17", hour="3")
+    assert (settings.SCHEDULER_CLEANUP_KEEP, settings.SCHEDULER_CLEANUP_OLDER_THAN_DAYS) == (
+        100,
+        30,
+    )
+
+
+@pytest.mark.django_db
+def test_the_scheduled_cleanup_deletes_by_the_settings(settings: Any, user: Any) -> None:
+    from tasks_app.models import ScheduledTask, TaskExecution
+    from tasks_app.tasks import cleanup_executions
+
+    settings.SCHEDULER_CLEANUP_KEEP, settings.SCHEDULER_CLEANUP_OLDER_THAN_DAYS = 2, 1
+    task = ScheduledTask.objects.create(
+        owner=user,
+        name="c",
+        type="trigger",
+        trigger={"type": "event", "config": {"event": "c"}},
+        action={"type": "webhook", "url": "https://example.com/h"},
+    )
+    old = timezone.now() - timedelta(days=3)
+    for _ in range(5):
+        TaskExecution.objects.create(
+            task=task, trigger="manual", status="completed", completed_at=old
+        )
+    TaskExecution.objects.update(queued_at=old)
+    assert cleanup_executions.apply().get() == {"executions": 3, "deliveries": 0}
+    assert TaskExecution.objects.count() == 2
+    settings.SCHEDULER_CLEANUP_KEEP = -1  # turned off
+    assert cleanup_executions.apply().get() == {"executions": 0, "deliveries": 0}
+    assert TaskExecution.objects.count() == 2
