@@ -24,7 +24,8 @@ from django.contrib.auth import get_user_model
 from tasks_app.services.definitions import task_create
 from tasks_app.services.dispatch import task_run_now
 owner, _ = get_user_model().objects.get_or_create(username="bench")
-task = task_create(owner=owner, name="bench", type="trigger", trigger={{"type": "event", "config": {{"event": "bench"}}}},
+task = task_create(owner=owner, name="bench", type="trigger",
+                   trigger={{"type": "event", "config": {{"event": "bench"}}}},
                    action={{"type": "webhook", "url": "{url}/bench"}})
 for _ in range({n}):
     task_run_now(task=task)
