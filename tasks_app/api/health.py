@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import current_app
+from django.core.cache import cache
 from django.db import connection
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -35,11 +36,15 @@ def _probe_broker() -> dict[str, Any]:
         return {"ok": False, "error": type(exc).__name__}
 
 
+#: Health is public and polled: the late count is computed at most this often.
+LATE_COUNT_SECONDS = 15
+
+
 def _count_late(database_ok: bool) -> int | None:
     if not database_ok:
         return None
     try:
-        return len(tasks_late())
+        return cache.get_or_set("health:late-tasks", lambda: len(tasks_late()), LATE_COUNT_SECONDS)
     except Exception:  # noqa: BLE001 - health answers whatever else fails
         return None
 
