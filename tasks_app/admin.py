@@ -262,17 +262,13 @@ class ScheduledTaskForm(forms.ModelForm):
         super().add_error(field, error)
 
 
+#: An execution's columns, in the task page's inline and in the executions list.
+EXECUTION_COLUMNS = ("outcome", "trigger", "scheduled_for", "started_at", "duration", "attempt")
+
+
 class ExecutionInline(admin.TabularInline):
     model = TaskExecution
-    fields = (
-        "outcome",
-        "trigger",
-        "scheduled_for",
-        "started_at",
-        "duration",
-        "attempt",
-        "error_excerpt",
-    )
+    fields = (*EXECUTION_COLUMNS, "error_excerpt")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -561,15 +557,7 @@ TIMING_FIELDS = (
 class TaskExecutionAdmin(OperatorAdmin):
     """Read-only; superusers may delete."""
 
-    list_display = (
-        "task",
-        "outcome",
-        "trigger",
-        "scheduled_for",
-        "started_at",
-        "duration",
-        "attempt",
-    )
+    list_display = ("task", *EXECUTION_COLUMNS)
     list_filter = ("status", "trigger", ("task", admin.RelatedOnlyFieldListFilter))
     search_fields = ("task__name", "error")
     list_select_related = ("task",)

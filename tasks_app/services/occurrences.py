@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
@@ -71,7 +72,7 @@ class Decision:
 
 
 def _stamp(moment: datetime, task: ScheduledTask) -> str:
-    local = moment.astimezone(cronlib.Cron("* * * * *", task.timezone).zone)
+    local = moment.astimezone(ZoneInfo(task.timezone))
     return f"{local:%Y-%m-%d %H:%M} {task.timezone}"
 
 
