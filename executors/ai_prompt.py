@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import anthropic
 from pydantic import Field
 
 from .base import ActionConfig, ActionResult, ExecutionContext, Executor
 from .errors import PermanentError, RetryableError
+
+if TYPE_CHECKING:
+    import anthropic
 
 DEFAULT_MODEL_ENV = "SCHEDULER_AI_MODEL"
 FALLBACK_MODEL = "claude-sonnet-5-5"
@@ -57,6 +59,8 @@ def ask_claude(
     log: Callable[[str], None] | None = None,
 ) -> ClaudeAnswer:
     """One user message to Claude; raises RetryableError or PermanentError on failure."""
+    import anthropic  # imported when used: the SDK alone is ~80 MB of every process
+
     model = model or default_model()
     say = log or (lambda message: None)
     try:
