@@ -26,21 +26,18 @@ from contextlib import contextmanager
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import google.auth.exceptions
-import google_auth_httplib2
-import httplib2
-from google.auth.credentials import Credentials
-from google.oauth2 import credentials as user_credentials
-from google.oauth2 import service_account
-from googleapiclient import discovery
 from googleapiclient.errors import HttpError
-from googleapiclient.http import MediaInMemoryUpload, MediaIoBaseUpload
 from pydantic import ValidationError
 
 from .base import ActionResult, ExecutionContext, Executor, chained_text, error_path
 from .errors import ConfigError, PermanentError, RetryableError
+
+if TYPE_CHECKING:  # the client libraries are imported when used (~25 MB per process)
+    import httplib2
+    from google.auth.credentials import Credentials
 from .google_workspace_config import (
     ACTION,
     SERVICES,
@@ -83,6 +80,9 @@ MAX_MESSAGE_CHARS = 300
 
 def build_credentials(info: Mapping[str, Any], service: str) -> Credentials:
     """google-auth credentials from the stored dict, scoped for ``service``."""
+    from google.oauth2 import credentials as user_credentials
+    from google.oauth2 import service_account
+
     kind = info.get("type")
     if kind == "service_account":
         key = {**info, "token_uri": GOOGLE_TOKEN_URI, "universe_domain": "googleapis.com"}
@@ -106,6 +106,8 @@ def build_credentials(info: Mapping[str, Any], service: str) -> Credentials:
 
 def build_http(timeout: float) -> httplib2.Http:
     """The raw transport; the executor adds authorization on top of it."""
+    import httplib2
+
     return httplib2.Http(timeout=timeout)
 
 
@@ -163,6 +165,9 @@ def _credentials(info: Mapping[str, Any], service: str) -> Credentials:
 
 
 def _client(service: str, credentials: Credentials, timeout: float) -> Any:
+    import google_auth_httplib2
+    from googleapiclient import discovery
+
     http = google_auth_httplib2.AuthorizedHttp(credentials, http=http_factory(timeout))
     name, version = APIS[service]
     return discovery.build(name, version, http=http, static_discovery=True, cache_discovery=False)
@@ -171,6 +176,8 @@ def _client(service: str, credentials: Credentials, timeout: float) -> Any:
 @contextmanager
 def _google_errors(service: str) -> Iterator[None]:
     """Google's answers and transport failures as RetryableError / PermanentError."""
+    import httplib2
+
     try:
         yield
     except HttpError as exc:
@@ -293,6 +300,8 @@ def _when(moment: str, zone: str | None) -> dict[str, str]:
 
 
 def drive_upload(client: Any, config: DriveUploadConfig, ctx: ExecutionContext) -> dict[str, Any]:
+    from googleapiclient.http import MediaInMemoryUpload, MediaIoBaseUpload
+
     metadata: dict[str, Any] = {"name": config.name}
     if config.folderId:
         metadata["parents"] = [config.folderId]
