@@ -1,15 +1,17 @@
 """Beat scheduler cost with N active recurring tasks: django-celery-beat's stock
 ``DatabaseScheduler`` beside the project's ``tasks_app.beat.Scheduler`` (the default).
 
-    .venv/bin/python -m bench.scheduler --n 1000 10000
+    .venv/bin/python -m bench.scheduler --n 1000 10000 100000
 
-Creates a fresh PostgreSQL database ``bench_sched_<random>`` (dropped at the end), runs
-migrate, bulk-creates ScheduledTask rows ("m h * * *" in several timezones, none firing
-within the next 70 minutes) and gives each its beat row with ``schedule_sync`` (the
-project's own path). Each scheduler then runs in a fresh subprocess (Celery broker
-``memory://``, no static beat entries) that measures: construction + first load of the
-schedule and VmRSS after it; ``tick()`` with nothing due; and the tick after one task's
-cron is edited through ``task_update`` (that tick reloads the whole schedule).
+Creates a fresh PostgreSQL database (dropped at the end) and bulk-creates active
+recurring tasks with the beat rows the schedule sync gives them (bench/data.py):
+"m h * * *" over eight timezones, none firing within the next 70 minutes. Each scheduler
+then runs in a fresh subprocess (broker ``memory://``, no static beat entries) that
+measures: start-up (construct + first load) and memory after it; five seconds of its
+idle loop (tick, then sleep as the tick asks, like ``celery beat``); and, with the loop
+running, the time from a committed change until the scheduler holds it, for a cron
+edit, a pause and a new task (changed through the task services, as the API does),
+with the longest tick meanwhile.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from tests.services import POSTGRES_URL
+from bench.data import add_recurring, bench_user, scratch_database, setup_django
 
 MARK = "@@BENCH@@"
 SCHEDULERS = {
@@ -45,77 +46,42 @@ TIMEZONES = [
     "Australia/Sydney",
 ]
 QUIET = timedelta(minutes=70)  # no generated cron fires this soon
-TICKS = 50
+IDLE_SECONDS = 5.0
+CHANGE_TIMEOUT = 60.0
 
 
-def quiet_cron(rng: random.Random, tz: str, now: datetime) -> str:
-    """A daily "m h * * *" whose next fire in ``tz`` is more than QUIET away."""
+def quiet_cron(rng: random.Random, tz: str, now: datetime, within: timedelta | None = None) -> str:
+    """A daily "m h * * *" whose next fire in ``tz`` is more than QUIET away (and less
+    than ``within``, if given)."""
     local = now.astimezone(ZoneInfo(tz))
     while True:
         minute, hour = rng.randrange(60), rng.randrange(24)
         fire = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
         if fire <= local:
             fire += timedelta(days=1)
-        if fire - local > QUIET:
+        if fire - local > QUIET and (within is None or fire - local < within):
             return f"{minute} {hour} * * *"
 
 
-def rss_kib() -> int:
+def status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return -1
 
 
-def setup_django(database_url: str) -> None:
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["CELERY_BROKER_URL"] = "memory://"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
-    import django
-
-    django.setup()
-
-
-# --- parent: database and data -------------------------------------------------------
-
-
-def admin_sql(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def build_tasks(count: int, rng: random.Random) -> float:
     """Add ``count`` active recurring tasks with their beat rows; returns seconds taken."""
-    from django.contrib.auth import get_user_model
-    from django.db import transaction
-
-    from tasks_app.models import ScheduledTask, TaskStatus, TaskType
-    from tasks_app.services.schedules import schedule_sync
-
     started = time.monotonic()
-    owner, _ = get_user_model().objects.get_or_create(username="bench")
     now = datetime.now(UTC)
-    rows = []
-    for i in range(count):
+    owner = bench_user()
+
+    def cron_for(i: int) -> tuple[str, str]:
         tz = TIMEZONES[i % len(TIMEZONES)]
-        rows.append(
-            ScheduledTask(
-                owner=owner,
-                name=f"bench {uuid.uuid4().hex[:8]}",
-                type=TaskType.RECURRING,
-                cron=quiet_cron(rng, tz, now),
-                timezone=tz,
-                action={"type": "webhook", "url": "https://example.com/bench"},
-                status=TaskStatus.ACTIVE,
-            )
-        )
-    with transaction.atomic():
-        created = ScheduledTask.objects.bulk_create(rows, batch_size=1000)
-        for task in created:
-            schedule_sync(task=task)
+        return quiet_cron(rng, tz, now), tz
+
+    add_recurring(count, cron_for, owner=owner, now=now)
     return time.monotonic() - started
 
 
@@ -132,108 +98,165 @@ def run_child(kind: str, database_url: str, seed: int) -> dict:
 # --- child: one scheduler ------------------------------------------------------------
 
 
+class Loop:
+    """The scheduler's loop as ``celery beat`` runs it, one tick at a time."""
+
+    def __init__(self, scheduler: object) -> None:
+        self.scheduler = scheduler
+        self.ticks: list[float] = []
+
+    def step(self) -> None:
+        started = time.perf_counter()
+        interval = self.scheduler.tick()
+        self.ticks.append((time.perf_counter() - started) * 1000)
+        if interval and interval > 0:
+            time.sleep(min(interval, 0.05))  # wake often enough to notice the change
+
+    def run_for(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            interval = self.scheduler.tick()
+            self.ticks.append((time.perf_counter() - started) * 1000)
+            if interval and interval > 0:
+                time.sleep(min(interval, max(until - time.monotonic(), 0)))
+
+
+def held(kind: str, scheduler: object, periodic_pk: int, name: str) -> object | None:
+    """What the scheduler holds of one row: its slot or entry (None: not scheduled)."""
+    if kind == "project":
+        return scheduler._slots.get(periodic_pk)
+    return (scheduler._schedule or {}).get(name)
+
+
+def held_changed(kind: str, thing: object) -> datetime:
+    return thing.changed if kind == "project" else thing.model.date_changed
+
+
+def time_to_effect(kind: str, scheduler: object, change: str, rng: random.Random) -> dict:
+    """Commit one change through the task services, then run the loop until the
+    scheduler holds it: seconds, ticks and the longest tick meanwhile."""
+    from tasks_app.models import ScheduledTask, TaskType
+    from tasks_app.services.definitions import task_create, task_pause, task_update
+
+    now = datetime.now(UTC)
+    # Inside django-celery-beat's +-2 h window, so the stock scheduler loads it at all.
+    soon = timedelta(minutes=115)
+    if change == "new":
+        task = task_create(
+            owner=bench_user(),
+            name="bench new",
+            type=TaskType.RECURRING,
+            cron=quiet_cron(rng, "UTC", now, soon),
+            timezone="UTC",
+            action={"type": "webhook", "url": "https://example.com/bench"},
+        )
+    else:
+        task = ScheduledTask.objects.filter(timezone="UTC").order_by("?").first()
+        if change == "edit":
+            new_cron = quiet_cron(rng, task.timezone, now, soon)
+            while new_cron == task.cron:
+                new_cron = quiet_cron(rng, task.timezone, now, soon)
+            task_update(task=task, cron=new_cron)
+        else:
+            task_pause(task=task, reason="bench")
+    committed = time.perf_counter()
+    row = type(task).objects.select_related("periodic_task").get(pk=task.pk).periodic_task
+    loop = Loop(scheduler)
+    while time.perf_counter() - committed < CHANGE_TIMEOUT:
+        loop.step()
+        thing = held(kind, scheduler, row.pk, row.name)
+        if change == "pause" and thing is None:
+            break
+        if (
+            change != "pause"
+            and thing is not None
+            and held_changed(kind, thing) == row.date_changed
+        ):
+            break
+    else:
+        return {"seconds": None, "ticks": len(loop.ticks), "max_tick_ms": max(loop.ticks)}
+    return {
+        "seconds": time.perf_counter() - committed,
+        "ticks": len(loop.ticks),
+        "max_tick_ms": max(loop.ticks),
+    }
+
+
 def measure(kind: str, seed: int) -> dict:
     from celery.utils.imports import symbol_by_name
     from django_celery_beat.models import PeriodicTask
 
     from scheduler_project.celery import app
-    from tasks_app.models import ScheduledTask
-    from tasks_app.services.definitions import task_update
 
     app.conf.beat_schedule = {}  # only the tasks' rows: nothing of ours is due
     cls = symbol_by_name(SCHEDULERS[kind])
     PeriodicTask.objects.exists()  # connect first: the connection is not the scheduler's
-    rss_before = rss_kib()
+    rss_before = status_kib("VmRSS")
 
     started = time.perf_counter()
     scheduler = cls(app=app, lazy=False)
-    constructed = time.perf_counter()
-    schedule = scheduler.schedule
+    scheduler.schedule  # noqa: B018 - the stock scheduler loads here
     loaded = time.perf_counter()
-    rss_after = rss_kib()
-    first_tick = time.perf_counter()
-    scheduler.tick()
-    first_tick = time.perf_counter() - first_tick
-    sent_before = scheduler._tasks_since_sync if hasattr(scheduler, "_tasks_since_sync") else 0
+    rss_after = status_kib("VmRSS")
+    entries = len(scheduler._slots) + len(scheduler._generic) if kind == "project" else None
+    if entries is None:
+        entries = len(scheduler._schedule)
 
-    ticks = []
-    for _ in range(TICKS):
-        t = time.perf_counter()
-        scheduler.tick()
-        ticks.append((time.perf_counter() - t) * 1000)
-    ticks.sort()
-    due = [
-        name
-        for name, entry in scheduler.schedule.items()
-        if entry.is_due().is_due  # nothing may be due, or the ticks measured sends
-    ]
+    idle = Loop(scheduler)
+    idle.run_for(IDLE_SECONDS)
+    ticks = sorted(idle.ticks)
 
     rng = random.Random(seed)
-    task = ScheduledTask.objects.order_by("?").first()
-    old_crontab = task.periodic_task.crontab_id
-    new_cron = quiet_cron(rng, task.timezone, datetime.now(UTC))
-    while new_cron == task.cron:
-        new_cron = quiet_cron(rng, task.timezone, datetime.now(UTC))
-    edit = time.perf_counter()
-    task_update(task=task, cron=new_cron)
-    edit = (time.perf_counter() - edit) * 1000
-    before = scheduler._schedule
-    edit_ticks = []
-    while scheduler._schedule is before and len(edit_ticks) < 5:
-        t = time.perf_counter()
-        scheduler.tick()
-        edit_ticks.append((time.perf_counter() - t) * 1000)
-    reloaded = scheduler._schedule is not before
-    task.periodic_task.refresh_from_db()
+    effects = {change: time_to_effect(kind, scheduler, change, rng) for change in CHANGES}
     return {
         "kind": kind,
-        "entries": len(schedule),
+        "entries": entries,
         "periodic_rows": PeriodicTask.objects.filter(enabled=True).count(),
-        "construct_s": constructed - started,
-        "load_s": loaded - constructed,
         "startup_s": loaded - started,
         "rss_before_mib": rss_before / 1024,
         "rss_after_mib": rss_after / 1024,
-        "first_tick_ms": first_tick * 1000,
+        "rss_peak_mib": status_kib("VmHWM") / 1024,
+        "idle_ticks": len(ticks),
         "tick_p50_ms": statistics.median(ticks),
         "tick_p99_ms": ticks[math.ceil(0.99 * len(ticks)) - 1],  # nearest rank
         "tick_max_ms": ticks[-1],
-        "due_entries": due,
-        "sent": sent_before,
-        "edit_ms": edit,
-        "edit_crontab_changed": task.periodic_task.crontab_id != old_crontab,
-        "reloaded": reloaded,
-        "ticks_until_reload": len(edit_ticks),
-        "reload_tick_ms": edit_ticks[-1] if reloaded else None,
+        "effects": effects,
     }
+
+
+CHANGES = ("edit", "pause", "new")
 
 
 # --- report --------------------------------------------------------------------------
 
 
+def _effect(change: str):
+    def cell(r: dict) -> str:
+        effect = r["effects"][change]
+        if effect["seconds"] is None:
+            return f"not within {CHANGE_TIMEOUT:.0f} s (max tick {effect['max_tick_ms']:.0f} ms)"
+        return f"{effect['seconds']:.3f} s (max tick {effect['max_tick_ms']:.1f} ms)"
+
+    return cell
+
+
 ROWS = [
     (
-        "entries loaded (of enabled PeriodicTask rows)",
+        "entries held (of enabled rows)",
         lambda r: f"{r['entries']} of {r['periodic_rows']}",
     ),
-    ("start-up: construct", lambda r: f"{r['construct_s']:.3f} s"),
-    ("start-up: first .schedule", lambda r: f"{r['load_s']:.3f} s"),
-    ("start-up: total", lambda r: f"{r['startup_s']:.3f} s"),
-    ("VmRSS after Django set-up", lambda r: f"{r['rss_before_mib']:.1f} MiB"),
-    ("VmRSS after load", lambda r: f"{r['rss_after_mib']:.1f} MiB"),
-    ("first tick", lambda r: f"{r['first_tick_ms']:.1f} ms"),
-    (f"idle tick p50 ({TICKS})", lambda r: f"{r['tick_p50_ms']:.2f} ms"),
-    (f"idle tick p99 ({TICKS})", lambda r: f"{r['tick_p99_ms']:.2f} ms"),
-    ("entries due during idle ticks", lambda r: str(len(r["due_entries"]))),
-    ("task_update (cron edit)", lambda r: f"{r['edit_ms']:.1f} ms"),
-    (
-        "tick after edit (full reload)",
-        lambda r: (
-            f"{r['reload_tick_ms']:.1f} ms (tick {r['ticks_until_reload']})"
-            if r["reloaded"]
-            else "no reload seen"
-        ),
-    ),
+    ("start-up (construct + load)", lambda r: f"{r['startup_s']:.2f} s"),
+    ("RSS after Django set-up", lambda r: f"{r['rss_before_mib']:.0f} MiB"),
+    ("RSS after load", lambda r: f"{r['rss_after_mib']:.0f} MiB"),
+    ("RSS peak (VmHWM, whole run)", lambda r: f"{r['rss_peak_mib']:.0f} MiB"),
+    (f"idle loop {IDLE_SECONDS:.0f} s: ticks", lambda r: str(r["idle_ticks"])),
+    ("idle tick p50", lambda r: f"{r['tick_p50_ms']:.3f} ms"),
+    ("idle tick p99", lambda r: f"{r['tick_p99_ms']:.2f} ms"),
+    ("idle tick max", lambda r: f"{r['tick_max_ms']:.2f} ms"),
+    ("cron edit held after", _effect("edit")),
+    ("pause held after", _effect("pause")),
+    ("new task held after", _effect("new")),
 ]
 
 
@@ -252,6 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", choices=sorted(SCHEDULERS), help="run one scheduler")
     parser.add_argument("--child", choices=sorted(SCHEDULERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -259,35 +283,24 @@ def main() -> None:
         print(MARK + json.dumps(measure(args.child, args.seed)), flush=True)
         return
 
-    db_name = f"bench_sched_{uuid.uuid4().hex[:10]}"
-    database_url = f"{POSTGRES_URL}/{db_name}"
-    admin_sql(f'CREATE DATABASE "{db_name}"')
-    try:
-        setup_django(database_url)
-        from django.core.management import call_command
+    kinds = [args.only] if args.only else list(SCHEDULERS)
+    with scratch_database("bench_sched") as database_url:
         from django.db import connections
 
-        call_command("migrate", "--noinput", verbosity=0)
         rng = random.Random(args.seed)
         have = 0
         for n in sorted(args.n):
             built = build_tasks(n - have, rng)
             have = n
-            print(f"N={n}: bulk_create + schedule_sync per task: {built:.1f} s", flush=True)
+            print(f"N={n}: data built in {built:.1f} s", flush=True)
             connections.close_all()
-            results = {kind: run_child(kind, database_url, args.seed + n) for kind in SCHEDULERS}
+            results = {kind: run_child(kind, database_url, args.seed + n) for kind in kinds}
             for kind, result in results.items():
                 if "error" in result:
                     print(f"{kind} failed: {result['error']}")
-                elif result["due_entries"]:
-                    print(f"{kind}: entries due during ticks: {result['due_entries'][:5]}")
-            print(table(n, results), flush=True)
+            if len(kinds) == len(SCHEDULERS):
+                print(table(n, results), flush=True)
             print(MARK + json.dumps({"n": n, "build_s": built, **results}), flush=True)
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        admin_sql(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

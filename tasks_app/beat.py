@@ -9,18 +9,37 @@ is re-published from the ledger by the recovery job.
 
 from __future__ import annotations
 
+import functools
+import heapq
+import json
+import math
+import operator
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import beat as celery_beat
 from celery import schedules
 from celery.utils.log import get_logger
-from django.db import DatabaseError
+from django.conf import settings
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    close_old_connections,
+    connection,
+    connections,
+)
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from . import cron as cronlib
-from .conf import RUN_TASK_NAME
+from .conf import BEAT_ENTRY_PREFIX, RUN_TASK_NAME
 from .services import occurrences
 
 logger = get_logger(__name__)
@@ -146,8 +165,437 @@ class Message:
     options: dict[str, Any]
 
 
+class Slot:
+    """One task's beat row as the scheduler keeps it: a cron (or one-off) schedule, the
+    previous fire and the row's ``date_changed`` (what the bookkeeping write checks)."""
+
+    __slots__ = (
+        "pk",
+        "task",
+        "cron",
+        "clocked",
+        "start",
+        "end",
+        "last_run",
+        "changed",
+        "version",
+        "one_off",
+    )
+
+    def __init__(self, row: dict[str, Any], cron: cronlib.Cron | None, task_id: str) -> None:
+        self.pk: int = row["id"]
+        self.task: int = uuid.UUID(task_id).int  # 128-bit int: half a str's memory
+        self.cron = cron
+        self.clocked: datetime | None = row["clocked__clocked_time"] if cron is None else None
+        self.start: datetime | None = row["start_time"] if cron else None
+        self.end: datetime | None = row["expires"] if cron else None
+        last_run = row["last_run_at"]
+        self.last_run: float | None = last_run.timestamp() if last_run else None
+        self.changed: datetime = row["date_changed"]
+        self.one_off: bool = row["one_off"] or cron is None
+        self.version = 0
+
+    @property
+    def task_id(self) -> str:
+        return str(uuid.UUID(int=self.task))
+
+    @property
+    def name(self) -> str:
+        return f"{BEAT_ENTRY_PREFIX}{self.task_id}"
+
+    def since(self) -> datetime | None:
+        return datetime.fromtimestamp(self.last_run, UTC) if self.last_run is not None else None
+
+
+_ROW_FIELDS = (
+    "id",
+    "name",
+    "task",
+    "kwargs",
+    "enabled",
+    "one_off",
+    "crontab_id",
+    "crontab__minute",
+    "crontab__hour",
+    "crontab__day_of_month",
+    "crontab__month_of_year",
+    "crontab__day_of_week",
+    "crontab__timezone",
+    "clocked_id",
+    "clocked__clocked_time",
+    "interval_id",
+    "solar_id",
+    "start_time",
+    "expires",
+    "last_run_at",
+    "total_run_count",
+    "date_changed",
+    "queue",
+    "exchange",
+    "routing_key",
+    "priority",
+    "headers",
+)
+
+
 class Scheduler(DatabaseScheduler):
+    """django-celery-beat's rows, scheduled for 100,000 of them.
+
+    * **Start-up** reads every enabled row once (plain values, no model objects) and keeps
+      each of our tasks' rows as a small :class:`Slot` in a heap ordered by due time;
+      schedules shared by many tasks (one cron in one timezone) are computed once.
+    * **Changes**: every ``SCHEDULER_BEAT_POLL_SECONDS`` the rows whose ``date_changed``
+      moved (indexed, with a look-back for transactions that committed late) replace
+      their slots; nothing else is re-read. Before a fire the due rows are checked once
+      more, so a deleted or just-edited row never fires from a stale slot.
+    * **Bursts**: due slots are fired in batches of ``SCHEDULER_BEAT_BATCH`` (one
+      transaction, a fixed number of queries, :func:`occurrences.occurrences_fire`), sent
+      through one producer, and beat's bookkeeping (``last_run_at``/``total_run_count``)
+      is written for the batch in one statement that never overwrites an edit.
+    * Rows of other tasks (the project's own periodic jobs, intervals, solar schedules)
+      stay django-celery-beat entries, evaluated as celery does.
+
+    Rows changed with a bulk ``update()`` must set ``date_changed`` too (django-celery-beat
+    asks for ``PeriodicTasks.update_changed()`` instead, which forces its full reload).
+    """
+
     Entry = Entry
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots: dict[int, Slot] = {}
+        self._generic: dict[int, Entry] = {}
+        self._generic_dirty: set[int] = set()
+        self._heap: list[tuple[float, int, int]] = []  # (due, row pk, slot version)
+        self._crons: dict[tuple[str, str], cronlib.Cron] = {}
+        self._watermark: datetime | None = None
+        self._changes: queue.SimpleQueue[list[dict[str, Any]]] = queue.SimpleQueue()
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._loaded = False
+        self.poll_seconds = float(getattr(settings, "SCHEDULER_BEAT_POLL_SECONDS", 0.5))
+        self.lookback = timedelta(seconds=getattr(settings, "SCHEDULER_BEAT_LOOKBACK_SECONDS", 10))
+        self.batch = int(getattr(settings, "SCHEDULER_BEAT_BATCH", 500))
+        super().__init__(*args, **kwargs)
+
+    # --- loading -------------------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()  # the static beat_schedule entries become rows
+        self._load()
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The rows celery evaluates itself, by name (our tasks' slots are not entries)."""
+        return {entry.name: entry for entry in self._generic.values()}
+
+    def _load(self) -> None:
+        self._loaded = True
+        self._slots.clear()
+        self._generic.clear()
+        self._heap = []
+        now = time.time()
+        shared: dict[cronlib.Cron, tuple[datetime | None, datetime | None]] = {}
+        newest = None
+        rows = self.Model.objects.filter(enabled=True).values(*_ROW_FIELDS)
+        for row in rows.iterator(chunk_size=5000):
+            newest = row["date_changed"] if newest is None else max(newest, row["date_changed"])
+            self._take(row, now, shared)
+        heapq.heapify(self._heap)
+        self._watermark = newest or timezone.now()
+        if self._watcher is None and self.poll_seconds > 0:
+            self._watcher = threading.Thread(target=self._watch, name="beat-changes", daemon=True)
+            self._watcher.start()
+        logger.info(
+            "beat: %d task schedules and %d other entries loaded",
+            len(self._slots),
+            len(self._generic),
+        )
+
+    def _cron(self, row: dict[str, Any]) -> cronlib.Cron:
+        expression = " ".join(
+            row[f"crontab__{field}"]
+            for field in ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+        )
+        key = (expression, str(row["crontab__timezone"]))
+        cron = self._crons.get(key)
+        if cron is None:
+            cron = self._crons[key] = cronlib.Cron(*key)
+        return cron
+
+    def _take(
+        self,
+        row: dict[str, Any],
+        now: float,
+        shared: dict[cronlib.Cron, tuple[datetime | None, datetime | None]] | None = None,
+        push: Callable[[list[Any], Any], None] = list.append,
+    ) -> None:
+        """Keep ``row`` (a slot, or an entry celery evaluates) and queue its next fire."""
+        pk = row["id"]
+        old = self._slots.pop(pk, None)
+        self._generic.pop(pk, None)
+        if not row["enabled"]:
+            return
+        task_id = _our_task_id(row)
+        if task_id is None or not (row["crontab_id"] or row["clocked_id"]):
+            model = self.Model.objects.filter(pk=pk).first()
+            if model is not None:
+                try:
+                    entry = self.Entry(model, app=self.app)
+                except ValueError:
+                    return
+                self._generic[pk] = entry
+                push(self._heap, (now, pk, -1))
+            return
+        slot = Slot(row, self._cron(row) if row["crontab_id"] else None, task_id)
+        slot.version = old.version + 1 if old else 0
+        self._slots[pk] = slot
+        if slot.cron is None:
+            if row["total_run_count"] == 0 and slot.clocked is not None:
+                push(self._heap, (slot.clocked.timestamp(), pk, slot.version))
+            return
+        due = self._due(slot, now, shared)
+        if due is not None:
+            push(self._heap, (due, pk, slot.version))
+
+    def _due(
+        self,
+        slot: Slot,
+        now: float,
+        shared: dict[cronlib.Cron, tuple[datetime | None, datetime | None]] | None = None,
+    ) -> float | None:
+        """When the slot's next occurrence after its previous fire is due (a time in the
+        past when one was missed). Slots of one schedule share the walk from ``now``."""
+        assert slot.cron is not None
+        last = slot.last_run if slot.last_run is not None else now
+        after = datetime.fromtimestamp(last, UTC)
+        if slot.start is not None and after < slot.start:
+            after = slot.start - _MICRO
+        upcoming: datetime | None
+        if shared is not None and after.timestamp() <= now and slot.start is None:
+            pair = shared.get(slot.cron)
+            if pair is None:
+                moment = datetime.fromtimestamp(now, UTC)
+                pair = shared[slot.cron] = (
+                    slot.cron.latest_at_or_before(moment),
+                    slot.cron.next_after(moment),
+                )
+            previous, upcoming = pair
+            if previous is not None and after < previous:
+                upcoming = slot.cron.next_after(after)  # one was missed: due now
+        else:
+            upcoming = slot.cron.next_after(after)
+        if upcoming is None or (slot.end is not None and upcoming > slot.end):
+            return None
+        return upcoming.timestamp()
+
+    # --- the loop ------------------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if not self._loaded:
+            self._load()
+        while not self._changes.empty():
+            self._apply(self._changes.get())
+        heap, slots = self._heap, self._slots
+        due: list[Slot] = []
+        generic: list[int] = []
+        now = time.time()
+        while heap and heap[0][0] <= now and len(due) < self.batch:
+            _, pk, version = heapq.heappop(heap)
+            if version == -1:
+                if pk in self._generic:
+                    generic.append(pk)
+                continue
+            slot = slots.get(pk)
+            if slot is not None and slot.version == version:
+                due.append(slot)
+        for pk in generic:
+            self._tick_generic(pk)
+        if due:
+            self._fire(due)
+        if heap and heap[0][0] <= time.time():
+            return 0
+        wake = (heap[0][0] if heap else math.inf) - time.time()
+        # Changes are taken in on the next tick: wake at least as often as they are read.
+        return max(min(wake, self.max_interval, self.poll_seconds or math.inf), 0.0)
+
+    def _tick_generic(self, pk: int) -> None:
+        entry = self._generic[pk]
+        try:
+            is_due, wait = self.is_due(entry)
+        except Exception:  # noqa: BLE001 - one broken entry must not stop beat
+            is_due, wait = self._is_due_failed(entry)
+        if is_due:
+            self._generic[pk] = self.reserve(entry)
+            self.apply_entry(entry, producer=self.producer)
+        wait = wait if isinstance(wait, int | float) and wait > 0 else self.max_interval
+        heapq.heappush(self._heap, (time.time() + wait, pk, -1))
+
+    def reserve(self, entry: Any) -> Any:
+        new_entry = next(entry)
+        pk = getattr(entry.model, "pk", None)
+        if pk in self._generic:
+            self._generic[pk] = new_entry
+            self._generic_dirty.add(pk)
+        return new_entry
+
+    def sync(self) -> None:
+        """Write the other entries' bookkeeping (our slots' is written as they fire)."""
+        try:
+            close_old_connections()
+            while self._generic_dirty:
+                pk = self._generic_dirty.pop()
+                entry = self._generic.get(pk)
+                if entry is not None:
+                    entry.save()
+        except (DatabaseError, InterfaceError):
+            logger.exception("beat: could not write the schedule's bookkeeping")
+
+    def _watch(self) -> None:
+        """The watcher thread: reads the changed rows every ``poll_seconds`` with its own
+        connection, so a tick never waits on the database when nothing is due."""
+        try:
+            while not self._stopping.wait(self.poll_seconds):
+                close_old_connections()
+                rows = self._read_changes()
+                if rows:
+                    self._changes.put(rows)
+        finally:
+            connections.close_all()
+
+    def _read_changes(self) -> list[dict[str, Any]]:
+        """The rows changed since the newest change seen (with a look-back for
+        transactions that committed after a later one)."""
+        try:
+            assert self._watermark is not None
+            rows = list(
+                self.Model.objects.filter(date_changed__gte=self._watermark - self.lookback).values(
+                    *_ROW_FIELDS
+                )
+            )
+        except (DatabaseError, InterfaceError):
+            logger.exception("beat: could not read the changed schedules")
+            return []
+        for row in rows:
+            self._watermark = max(self._watermark, row["date_changed"])
+        return rows
+
+    def _apply(self, rows: list[dict[str, Any]]) -> None:
+        """Take in changed rows (in the scheduler's thread)."""
+        now = time.time()
+        for row in rows:
+            held = self._slots.get(row["id"]) or self._generic.get(row["id"])
+            if held is not None and _changed(held) == row["date_changed"]:
+                continue  # seen already (the look-back reads it again)
+            if held is None and not row["enabled"]:
+                continue
+            self._take(row, now, push=heapq.heappush)
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        super().close()
+
+    # --- firing our tasks ----------------------------------------------------------
+
+    def _fire(self, due: list[Slot]) -> None:
+        if not connection.in_atomic_block:  # (a test's transaction keeps its connection)
+            close_old_connections()  # a connection the database dropped is renewed
+        due = self._recheck(due)
+        if not due:
+            return
+        moment = timezone.now()
+        fired: list[tuple[Slot, occurrences.Fire]] = []
+        for slot in due:
+            occurrence = self._occurrence(slot, moment)
+            if occurrence is not None:
+                fired.append((slot, occurrences.Fire(slot.task_id, occurrence, slot.since())))
+        try:
+            published = occurrences.occurrences_fire([fire for _, fire in fired], now=moment)
+        except DatabaseError:
+            logger.exception("could not record %d occurrences; the workers will", len(fired))
+            published = None
+        producer = self.producer
+        for index, (slot, fire) in enumerate(fired):
+            if published is None:  # the worker records it through the same service
+                kwargs = {"task_id": slot.task_id, "scheduled_for": fire.occurrence.isoformat()}
+                self._send(slot, kwargs, {}, producer)
+                continue
+            for run in published[index]:
+                options = {"countdown": run.countdown} if run.countdown else {}
+                self._send(slot, run.kwargs, options, producer)
+        self._bookkeep(due, moment)
+
+    def _recheck(self, due: list[Slot]) -> list[Slot]:
+        """The due rows as the database has them now: a deleted row is dropped, an edited
+        one (not polled yet) re-taken and fired only if still due."""
+        try:
+            current = dict(
+                self.Model.objects.filter(pk__in=[slot.pk for slot in due]).values_list(
+                    "pk", "date_changed"
+                )
+            )
+        except (DatabaseError, InterfaceError):
+            return due  # the fire itself will meet the database's state
+        kept, stale = [], []
+        for slot in due:
+            if slot.pk not in current:
+                self._slots.pop(slot.pk, None)
+            elif current[slot.pk] != slot.changed:
+                stale.append(slot.pk)
+            else:
+                kept.append(slot)
+        if stale:
+            now = time.time()
+            for row in self.Model.objects.filter(pk__in=stale).values(*_ROW_FIELDS):
+                self._take(row, now, push=heapq.heappush)
+        return kept
+
+    def _occurrence(self, slot: Slot, moment: datetime) -> datetime | None:
+        if slot.cron is None:
+            return slot.clocked
+        latest = slot.cron.latest_at_or_before(min(moment, slot.end) if slot.end else moment)
+        if latest is None or (slot.start is not None and latest < slot.start):
+            return None
+        return latest
+
+    def _send(
+        self, slot: Slot, kwargs: dict[str, Any], options: dict[str, Any], producer: Any
+    ) -> None:
+        message = Message(slot.name, RUN_TASK_NAME, (), kwargs, options)
+        try:
+            celery_beat.Scheduler.apply_async(self, message, producer, advance=False)
+        except Exception:  # the ledger has it: the recovery job sends it again
+            logger.exception("beat: could not send %s", slot.name)
+
+    def _bookkeep(self, fired: list[Slot], moment: datetime) -> None:
+        """Beat's run bookkeeping for the batch, written in one statement per chunk and
+        only to rows not edited since they were read (the edit wins)."""
+        stamp = moment.timestamp()
+        try:
+            for start in range(0, len(fired), 200):  # SQLite's expression depth
+                chunk = fired[start : start + 200]
+                match = functools.reduce(
+                    operator.or_, (Q(pk=slot.pk, date_changed=slot.changed) for slot in chunk)
+                )
+                self.Model.objects.filter(match).update(
+                    last_run_at=moment,
+                    total_run_count=F("total_run_count") + 1,
+                    enabled=Case(When(one_off=True, then=Value(False)), default=F("enabled")),
+                )
+        except (DatabaseError, InterfaceError):
+            logger.exception("beat: could not write the run bookkeeping")
+        now = time.time()
+        for slot in fired:
+            slot.last_run = stamp
+            if slot.one_off:
+                self._slots.pop(slot.pk, None)
+                continue
+            due = self._due(slot, now)
+            if due is not None:
+                heapq.heappush(self._heap, (due, slot.pk, slot.version))
+
+    # --- entries celery evaluates (and our rows handed in as entries) ----------------
 
     def apply_async(
         self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
@@ -184,3 +632,29 @@ class Scheduler(DatabaseScheduler):
             )
             result = super().apply_async(message, producer, advance=False, **kwargs)
         return result
+
+
+def _our_task_id(row: dict[str, Any]) -> str | None:
+    """The task id of one of our tasks' plain rows (no custom routing), else None."""
+    if row["task"] != RUN_TASK_NAME or row["interval_id"] or row["solar_id"]:
+        return None
+    if row["queue"] or row["exchange"] or row["routing_key"] or row["priority"] is not None:
+        return None
+    if (row["headers"] or "{}").strip() not in {"{}", ""}:
+        return None
+    try:
+        kwargs = json.loads(row["kwargs"] or "{}")
+    except ValueError:
+        return None
+    task_id = kwargs.get("task_id") if isinstance(kwargs, dict) else None
+    if not isinstance(task_id, str) or set(kwargs) != {"task_id"}:
+        return None
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        return None
+    return task_id
+
+
+def _changed(held: Slot | Entry) -> datetime:
+    return held.changed if isinstance(held, Slot) else held.model.date_changed

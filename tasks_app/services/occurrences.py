@@ -20,8 +20,10 @@ beats (or a beat and a worker's fallback) decide each occurrence once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from .. import cron as cronlib
@@ -90,6 +93,15 @@ def in_window(task: ScheduledTask, moment: datetime) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Fire:
+    """One occurrence of one task that beat reached, and the task's previous fire."""
+
+    task_id: str | uuid.UUID | None
+    occurrence: datetime
+    since: datetime | None = None
+
+
 def occurrence_fire(
     *,
     task_id: str | uuid.UUID | None,
@@ -100,56 +112,117 @@ def occurrence_fire(
     """Record the fire of ``occurrence`` and the occurrences missed after ``since`` (the
     previous fire); return the runs to send now. Nothing is sent here: the caller sends
     the returned publications once this has committed (beat through its producer)."""
-    try:
-        pk = uuid.UUID(str(task_id))
-    except ValueError:
-        return []  # a beat row or message that names no task of ours
+    return occurrences_fire([Fire(task_id, occurrence, since)], now=now)[0]
+
+
+def occurrences_fire(
+    fires: Sequence[Fire], *, now: datetime | None = None
+) -> list[list[Publication]]:
+    """``occurrence_fire`` for many tasks in one transaction and a fixed number of
+    queries (beat's burst of tasks due on the same minute): the publications of each
+    fire, in order. The tasks are locked in primary-key order, so two beats firing
+    overlapping batches wait for each other instead of deadlocking."""
     now = now or timezone.now()
-    with transaction.atomic():
-        task = ScheduledTask.objects.select_for_update().filter(pk=pk).first()
-        if task is None or task.status in {TaskStatus.COMPLETED, TaskStatus.FAILED}:
-            return []
-        dropped = False
-        if task.type == TaskType.ONE_TIME:
-            if task.status == TaskStatus.PAUSED or task.run_at is None:
-                return []  # its one occurrence is still owed: resuming the task runs it
-            candidates = [task.run_at]
-        elif task.type == TaskType.RECURRING:
-            if not in_window(task, occurrence) or _behind_the_ledger(task, occurrence):
-                return []
-            candidates, dropped = _missed(task, since, occurrence)
-            candidates.append(occurrence)
+    results: list[list[Publication]] = [[] for _ in fires]
+    wanted: dict[uuid.UUID, int] = {}
+    later: list[int] = []
+    for index, fire in enumerate(fires):
+        try:
+            pk = uuid.UUID(str(fire.task_id))
+        except ValueError:
+            continue  # a beat row or message that names no task of ours
+        if pk in wanted:
+            later.append(index)  # the same task twice: decided after the first
         else:
-            return []
-        known = set(
-            TaskExecution.objects.filter(
-                task=task, trigger=ExecutionTrigger.SCHEDULED, scheduled_for__in=candidates
-            ).values_list("scheduled_for", flat=True)
+            wanted[pk] = index
+    with transaction.atomic():
+        tasks = list(
+            ScheduledTask.objects.select_for_update()
+            .filter(pk__in=list(wanted))
+            .exclude(status__in=[TaskStatus.COMPLETED, TaskStatus.FAILED])
+            .order_by("pk")
         )
-        fresh = [moment for moment in candidates if moment not in known]
-        if not fresh:
-            return []
-        decisions = _decide(task, fresh, now)
-        if dropped:
-            decisions[0].note = (
-                "earlier missed occurrences were not recorded one by one "
-                f"(more than SCHEDULER_MAX_MISSED={settings.SCHEDULER_MAX_MISSED})"
+        newest = dict(
+            TaskExecution.objects.filter(
+                task__in=[task.pk for task in tasks], trigger=ExecutionTrigger.SCHEDULED
             )
-        publications = _record(task, decisions, now)
-        _after_fire(task, now)
-    return publications
+            .values("task")
+            .annotate(newest=Max("scheduled_for"))
+            .values_list("task", "newest")
+        )
+        plans: list[tuple[int, ScheduledTask, list[datetime], bool]] = []
+        for task in tasks:
+            fire = fires[wanted[task.pk]]
+            planned = _candidates(task, fire, newest.get(task.pk))
+            if planned is not None:
+                plans.append((wanted[task.pk], task, *planned))
+        known = _known(
+            [(task, candidates) for _, task, candidates, _ in plans if newest.get(task.pk)],
+            newest,
+        )
+        decided: list[tuple[int, ScheduledTask, list[Decision]]] = []
+        for index, task, candidates, dropped in plans:
+            fresh = [moment for moment in candidates if (task.pk, moment) not in known]
+            if not fresh:
+                continue
+            decisions = _decide(task, fresh, now)
+            if dropped:
+                decisions[0].note = (
+                    "earlier missed occurrences were not recorded one by one "
+                    f"(more than SCHEDULER_MAX_MISSED={settings.SCHEDULER_MAX_MISSED})"
+                )
+            decided.append((index, task, decisions))
+        _apply_overlaps([(task, decisions) for _, task, decisions in decided])
+        rows: list[TaskExecution] = []
+        for index, task, decisions in decided:
+            results[index] = _record(task, decisions, now, rows)
+        TaskExecution.objects.bulk_create(rows, batch_size=500)
+        _after_fires([task for _, task, _ in decided], now)
+    if later:
+        for index, publications in zip(
+            later, occurrences_fire([fires[i] for i in later], now=now), strict=True
+        ):
+            results[index] = publications
+    return results
 
 
-def _behind_the_ledger(task: ScheduledTask, occurrence: datetime) -> bool:
-    """The ledger only moves forward: an occurrence older than the newest recorded one
-    (a clock stepped back, a stale beat) is never started after it."""
-    newest = (
-        TaskExecution.objects.filter(task=task, trigger=ExecutionTrigger.SCHEDULED)
-        .order_by("-scheduled_for")
-        .values_list("scheduled_for", flat=True)
-        .first()
+def _candidates(
+    task: ScheduledTask, fire: Fire, newest: datetime | None
+) -> tuple[list[datetime], bool] | None:
+    """The occurrences this fire may record (with whether older missed ones were left
+    out), or None when it records nothing."""
+    if task.type == TaskType.ONE_TIME:
+        if task.status == TaskStatus.PAUSED or task.run_at is None:
+            return None  # its one occurrence is still owed: resuming the task runs it
+        return [task.run_at], False
+    if task.type != TaskType.RECURRING or not in_window(task, fire.occurrence):
+        return None
+    if newest is not None and fire.occurrence < newest:
+        # The ledger only moves forward: an occurrence older than the newest recorded
+        # one (a clock stepped back, a stale beat) is never started after it.
+        return None
+    candidates, dropped = _missed(task, fire.since, fire.occurrence)
+    candidates.append(fire.occurrence)
+    return candidates, dropped
+
+
+def _known(
+    plans: list[tuple[ScheduledTask, list[datetime]]], newest: dict[Any, datetime]
+) -> set[tuple[Any, Any]]:
+    """(task, occurrence) pairs of the candidates already in the ledger. A candidate
+    after the task's newest recorded occurrence cannot be there: only tasks with older
+    candidates are looked up."""
+    asked = [(task, moments) for task, moments in plans if moments[0] <= newest[task.pk]]
+    if not asked:
+        return set()
+    moments = {moment for _, candidates in asked for moment in candidates}
+    return set(
+        TaskExecution.objects.filter(
+            task__in=[task.pk for task, _ in asked],
+            trigger=ExecutionTrigger.SCHEDULED,
+            scheduled_for__in=moments,
+        ).values_list("task", "scheduled_for")
     )
-    return newest is not None and occurrence < newest
 
 
 def occurrence_execution(*, task_id: str | uuid.UUID, occurrence: datetime) -> TaskExecution | None:
@@ -173,6 +246,9 @@ def _missed(
     floor = max(since, task.created_at - _MICRO)
     if task.start_at is not None:
         floor = max(floor, task.start_at - _MICRO)
+    previous = _previous(task.cron, task.timezone, occurrence)
+    if previous is None or previous <= floor:
+        return [], False  # the usual fire: nothing was missed
     limit = settings.SCHEDULER_MAX_MISSED
     fires: list[datetime] = []
     cron = cronlib.Cron(task.cron, task.timezone)
@@ -185,6 +261,12 @@ def _missed(
         fires.append(moment)
     fires.reverse()
     return fires, False
+
+
+@functools.lru_cache(maxsize=4096)
+def _previous(expression: str, zone: str, occurrence: datetime) -> datetime | None:
+    """The fire before ``occurrence``: shared by the tasks of a burst with one schedule."""
+    return next(cronlib.Cron(expression, zone)._backward(occurrence - _MICRO), None)  # noqa: SLF001
 
 
 def _decide(task: ScheduledTask, fresh: list[datetime], now: datetime) -> list[Decision]:
@@ -227,8 +309,6 @@ def _decide(task: ScheduledTask, fresh: list[datetime], now: datetime) -> list[D
                 "only the latest ran"
             )
         runs = runs[-cap:]
-    if task.type == TaskType.RECURRING:
-        _apply_overlap(task, runs, backlog=policy == MisfirePolicy.RUN_ALL and len(runs) > 1)
     return decisions
 
 
@@ -250,16 +330,42 @@ def _seconds(delta: timedelta) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def _apply_overlap(task: ScheduledTask, runs: list[Decision], *, backlog: bool) -> None:
+def _apply_overlaps(decided: list[tuple[ScheduledTask, list[Decision]]]) -> None:
+    """The overlap policy over each recurring task's runs, in time order: the tasks'
+    unfinished runs are read in one query."""
+    checked = [
+        (task, runs)
+        for task, decisions in decided
+        if task.type == TaskType.RECURRING
+        and task.overlap_policy != OverlapPolicy.ALLOW
+        and (runs := [d for d in decisions if d.outcome == RUN])
+    ]
+    if not checked:
+        return
+    busy: dict[Any, TaskExecution] = {}
+    waiting: set[Any] = set()
+    for execution in TaskExecution.objects.filter(
+        task__in=[task.pk for task, _ in checked], status__in=UNFINISHED
+    ).order_by("queued_at"):
+        if execution.held:
+            waiting.add(execution.task_id)
+        else:
+            busy.setdefault(execution.task_id, execution)
+    for task, runs in checked:
+        backlog = task.misfire_policy == MisfirePolicy.RUN_ALL and len(runs) > 1
+        _apply_overlap(task, runs, busy.get(task.pk), task.pk in waiting, backlog=backlog)
+
+
+def _apply_overlap(
+    task: ScheduledTask,
+    runs: list[Decision],
+    busy: TaskExecution | Decision | None,
+    waiting: bool,
+    *,
+    backlog: bool,
+) -> None:
     """While a run is going, later occurrences wait (queue, catch-up backlog) or are
     skipped; ``allow`` lets them all run."""
-    if not runs or task.overlap_policy == OverlapPolicy.ALLOW:
-        return
-    unfinished = TaskExecution.objects.filter(task=task, status__in=UNFINISHED)
-    busy: TaskExecution | Decision | None = (
-        unfinished.filter(held=False).order_by("queued_at").first()
-    )
-    waiting = unfinished.filter(held=True).exists()
     for decision in runs:
         if busy is None and not waiting:
             busy = decision  # this one runs; the next ones overlap it
@@ -281,7 +387,11 @@ def _overlap_reason(task: ScheduledTask, busy: Any, waiting: bool) -> str:
     return "overlap: the previous run is still going (overlapPolicy skip)"
 
 
-def _record(task: ScheduledTask, decisions: list[Decision], now: datetime) -> list[Publication]:
+def _record(
+    task: ScheduledTask, decisions: list[Decision], now: datetime, written: list[TaskExecution]
+) -> list[Publication]:
+    """The task's ledger rows (added to ``written``, created by the caller) and the
+    runs to send."""
     rows: list[TaskExecution] = []
     publications: list[Publication] = []
     for decision in decisions:
@@ -311,7 +421,7 @@ def _record(task: ScheduledTask, decisions: list[Decision], now: datetime) -> li
             countdown = max((start - now).total_seconds(), 0.0) if delay else 0.0
             publications.append(Publication(str(row.pk), decision.occurrence, countdown))
         rows.append(row)
-    TaskExecution.objects.bulk_create(rows, batch_size=500)
+    written.extend(rows)
     if task.type == TaskType.ONE_TIME and rows[-1].status == ExecutionStatus.SKIPPED:
         # Its one occurrence will never run: the task is done.
         ScheduledTask.objects.filter(pk=task.pk).update(
@@ -321,19 +431,27 @@ def _record(task: ScheduledTask, decisions: list[Decision], now: datetime) -> li
     return publications
 
 
-def _after_fire(task: ScheduledTask, now: datetime) -> None:
-    """Advance ``next_run`` past this fire; past the last occurrence of its window a
-    recurring task is completed (its beat row goes with the schedule sync)."""
+def _after_fires(tasks: list[ScheduledTask], now: datetime) -> None:
+    """Advance ``next_run`` past this fire (one update per distinct time); past the last
+    occurrence of its window a recurring task is completed (its beat row goes with the
+    schedule sync)."""
     from .schedules import compute_next_run
 
-    if task.type != TaskType.RECURRING or task.status != TaskStatus.ACTIVE:
-        return
-    next_run = compute_next_run(task, now=now)
-    ScheduledTask.objects.filter(pk=task.pk).update(next_run=next_run)
-    task.next_run = next_run
-    if next_run is None and task.end_at is not None:
-        task.status = TaskStatus.COMPLETED
-        task.save(update_fields=["status", "updated_at"])
+    moved: dict[datetime | None, list[Any]] = {}
+    upcoming: dict[tuple[Any, ...], datetime | None] = {}
+    for task in tasks:
+        if task.type != TaskType.RECURRING or task.status != TaskStatus.ACTIVE:
+            continue
+        key = (task.cron, task.timezone, task.start_at, task.end_at)
+        if key not in upcoming:  # tasks of one burst share their schedules
+            upcoming[key] = compute_next_run(task, now=now)
+        task.next_run = upcoming[key]
+        moved.setdefault(task.next_run, []).append(task.pk)
+        if task.next_run is None and task.end_at is not None:
+            task.status = TaskStatus.COMPLETED
+            task.save(update_fields=["status", "updated_at"])
+    for next_run, pks in moved.items():
+        ScheduledTask.objects.filter(pk__in=pks).update(next_run=next_run)
 
 
 def occurrences_skip_paused(*, task: ScheduledTask, until: datetime) -> int:

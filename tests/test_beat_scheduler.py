@@ -1,0 +1,340 @@
+"""tasks_app.beat.Scheduler at scale: our tasks' rows kept as slots in a heap, changed
+rows taken in without a reload, due slots fired in batches with a fixed number of
+queries, and beat's bookkeeping written in bulk without overwriting an edit.
+
+The scheduler runs against real rows and a real (memory) broker; the watcher thread is
+off (``poll_seconds = 0``) except in the test that checks it, and changes are handed in
+with ``_apply(_read_changes())`` as the thread would."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from celery import Celery
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask
+
+from tasks_app.beat import Scheduler, Slot
+from tasks_app.conf import RUN_TASK_NAME
+from tasks_app.models import ScheduledTask, TaskExecution
+from tasks_app.services import occurrences
+from tasks_app.services.definitions import task_delete, task_pause, task_update
+from tests.test_beat import app, sent_messages  # noqa: F401 - the app fixture
+
+pytestmark = pytest.mark.django_db
+
+
+def make_task(owner: Any, **fields: Any) -> ScheduledTask:
+    fields.setdefault("type", "recurring")
+    if fields["type"] == "recurring":
+        fields.setdefault("cron", "* * * * *")
+    task = ScheduledTask.objects.create(
+        owner=owner, name="t", action={"type": "webhook", "url": "https://example.com/h"}, **fields
+    )
+    ScheduledTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(days=1))
+    task.refresh_from_db()
+    return task
+
+
+def make_due(*tasks: ScheduledTask) -> None:
+    """The tasks' beat rows last ran a minute ago: this minute's occurrence is due."""
+    PeriodicTask.objects.filter(pk__in=[t.periodic_task_id for t in tasks]).update(
+        last_run_at=timezone.now() - timedelta(seconds=61)
+    )
+
+
+@pytest.fixture
+def owner(django_user_model: Any) -> Any:
+    return django_user_model.objects.create(username="beat-scale")
+
+
+@pytest.fixture
+def beat(app: Celery) -> Iterator[Scheduler]:  # noqa: F811
+    scheduler = Scheduler(app=app, lazy=True)
+    scheduler.poll_seconds = 0  # no watcher thread: the test hands the changes in
+    scheduler._last_sync = time.monotonic()
+    yield scheduler
+    scheduler.close()
+    scheduler._finalize.cancel()
+
+
+def this_minute() -> datetime:
+    return timezone.now().replace(second=0, microsecond=0)
+
+
+def changes(beat: Scheduler) -> None:
+    beat._apply(beat._read_changes())
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def test_our_rows_become_slots_and_other_rows_stay_entries(beat: Scheduler, owner: Any) -> None:
+    recurring = make_task(owner, cron="0 9 * * 1-5", timezone="Europe/Berlin")
+    once = make_task(owner, type="one-time", run_at=timezone.now() + timedelta(days=3))
+    every = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+    other = PeriodicTask.objects.create(name="other job", task="celery.ping", interval=every)
+    routed = PeriodicTask.objects.create(
+        name="routed",
+        task=RUN_TASK_NAME,
+        kwargs=json.dumps({"task_id": str(recurring.pk)}),
+        crontab=recurring.periodic_task.crontab,
+        queue="special",
+    )
+    beat._load()
+    assert set(beat._slots) == {recurring.periodic_task_id, once.periodic_task_id}
+    slot = beat._slots[recurring.periodic_task_id]
+    assert slot.task_id == str(recurring.pk)
+    assert (slot.cron.expression, slot.cron.timezone) == ("0 9 * * 1-5", "Europe/Berlin")
+    assert beat._slots[once.periodic_task_id].clocked == once.run_at
+    # Custom routing and other tasks stay django-celery-beat entries, evaluated by celery.
+    assert {other.pk, routed.pk} <= set(beat._generic)
+    assert {"other job", "routed"} <= set(beat.schedule)
+
+
+def test_tasks_of_one_schedule_share_one_cron(beat: Scheduler, owner: Any) -> None:
+    tasks = [make_task(owner, cron="30 8 * * *", timezone="Asia/Tokyo") for _ in range(3)]
+    beat._load()
+    crons = {id(beat._slots[t.periodic_task_id].cron) for t in tasks}
+    assert len(crons) == 1
+
+
+def test_an_idle_tick_touches_no_database(beat: Scheduler, owner: Any) -> None:
+    make_task(owner, cron="0 0 1 1 *")
+    beat._load()
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(20):
+            wait = beat.tick()
+    assert len(queries) == 0
+    assert 0 < wait <= beat.max_interval
+
+
+# --- firing ------------------------------------------------------------------------------
+
+
+def test_a_due_slot_is_recorded_sent_and_booked_once(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    task = make_task(owner)
+    make_due(task)
+    beat._load()
+    before = timezone.now()
+    assert beat.tick() >= 0
+    beat.tick()  # the same occurrence is not sent again
+    [execution] = TaskExecution.objects.filter(task=task)
+    assert execution.scheduled_for == this_minute()
+    [(headers, (_args, kwargs, _embed))] = sent_messages(app)
+    assert headers["task"] == RUN_TASK_NAME
+    assert kwargs == {"execution_id": str(execution.pk), "attempt": 1}
+    row = PeriodicTask.objects.get(pk=task.periodic_task_id)
+    assert row.total_run_count == 1 and row.last_run_at >= before
+    # The next occurrence is queued for the next minute.
+    slot = beat._slots[task.periodic_task_id]
+    assert [due for due, pk, version in beat._heap if pk == slot.pk] == [
+        (this_minute() + timedelta(minutes=1)).timestamp()
+    ]
+
+
+def test_a_burst_is_fired_in_one_batch_with_a_fixed_number_of_queries(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    def burst(count: int) -> int:
+        tasks = [make_task(owner) for _ in range(count)]
+        make_due(*tasks)
+        beat._load()
+        with CaptureQueriesContext(connection) as queries:
+            beat.tick()
+        assert TaskExecution.objects.filter(task__in=tasks).count() == count
+        assert len(sent_messages(app)) == count
+        return len(queries)
+
+    assert burst(3) == burst(40)
+
+
+def test_a_burst_larger_than_a_batch_is_sent_over_consecutive_ticks(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    tasks = [make_task(owner) for _ in range(7)]
+    make_due(*tasks)
+    beat.batch = 3
+    beat._load()
+    waits = [beat.tick() for _ in range(3)]
+    assert waits[:2] == [0, 0]  # more are due: tick again at once
+    assert len(sent_messages(app)) == 7
+
+
+def test_a_one_off_row_fires_once_and_is_disabled(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    task = make_task(owner, type="one-time", run_at=timezone.now() + timedelta(hours=1))
+    # It is due now (its clock row moved back, as if an hour had passed).
+    ClockedSchedule.objects.filter(pk=task.periodic_task.clocked_id).update(
+        clocked_time=timezone.now() - timedelta(seconds=1)
+    )
+    ScheduledTask.objects.filter(pk=task.pk).update(run_at=timezone.now() - timedelta(seconds=1))
+    beat._load()
+    beat.tick()
+    beat.tick()
+    assert len(sent_messages(app)) == 1
+    assert task.periodic_task_id not in beat._slots
+    row = PeriodicTask.objects.get(pk=task.periodic_task_id)
+    assert (row.enabled, row.total_run_count) == (False, 1)
+
+
+def test_other_entries_are_sent_as_celery_would(
+    beat: Scheduler,
+    app: Celery,  # noqa: F811
+) -> None:
+    every = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="ping", task="celery.ping", interval=every)
+    beat._load()
+    time.sleep(1.1)
+    beat.tick()
+    assert [headers["task"] for headers, _ in sent_messages(app)] == ["celery.ping"]
+
+
+# --- changes ----------------------------------------------------------------------------
+
+
+def test_an_edit_replaces_the_slot_without_a_reload(beat: Scheduler, owner: Any) -> None:
+    task = make_task(owner, cron="0 9 * * *")
+    beat._load()
+    old = beat._slots[task.periodic_task_id]
+    task_update(task=task, cron="15 10 * * *")
+    changes(beat)
+    new = beat._slots[task.periodic_task_id]
+    assert new is not old and new.version == old.version + 1
+    assert new.cron.expression == "15 10 * * *"
+    changes(beat)  # read again by the look-back: nothing changes
+    assert beat._slots[task.periodic_task_id] is new
+
+
+def test_pause_removes_the_slot_and_a_new_task_adds_one(beat: Scheduler, owner: Any) -> None:
+    paused = make_task(owner, cron="0 9 * * *")
+    beat._load()
+    task_pause(task=paused, reason="holiday")
+    fresh = make_task(owner, cron="0 7 * * *")
+    changes(beat)
+    assert paused.periodic_task_id not in beat._slots
+    assert fresh.periodic_task_id in beat._slots
+
+
+def test_a_deleted_task_never_fires_from_its_stale_slot(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    task = make_task(owner)
+    make_due(task)
+    beat._load()
+    pk = task.periodic_task_id
+    task_delete(task=task)  # not read by the watcher yet
+    beat.tick()
+    assert sent_messages(app) == []
+    assert pk not in beat._slots
+
+
+def test_an_edit_not_yet_read_is_checked_before_the_fire(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    task = make_task(owner)
+    make_due(task)
+    beat._load()
+    # Rescheduled to a yearly cron before the watcher saw it: the due slot is stale.
+    task_update(task=task, cron="0 0 1 1 *")
+    beat.tick()
+    assert sent_messages(app) == []
+    assert beat._slots[task.periodic_task_id].cron.expression == "0 0 1 1 *"
+
+
+def test_bookkeeping_never_overwrites_an_edit(beat: Scheduler, owner: Any) -> None:
+    task = make_task(owner)
+    beat._load()
+    slot = beat._slots[task.periodic_task_id]
+    PeriodicTask.objects.filter(pk=slot.pk).update(
+        last_run_at=datetime(2030, 1, 1, tzinfo=UTC), date_changed=timezone.now()
+    )
+    beat._bookkeep([slot], timezone.now())
+    row = PeriodicTask.objects.get(pk=slot.pk)
+    assert (row.last_run_at, row.total_run_count) == (datetime(2030, 1, 1, tzinfo=UTC), 0)
+
+
+def test_a_slot_keeps_little_memory(owner: Any) -> None:
+    assert "__dict__" not in dir(Slot)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_watcher_thread_takes_in_a_change_within_a_second(
+    app: Celery,  # noqa: F811
+    django_user_model: Any,
+) -> None:
+    owner = django_user_model.objects.create(username="watched")
+    task = make_task(owner, cron="0 9 * * *")
+    scheduler = Scheduler(app=app)
+    try:
+        assert scheduler._watcher is not None and scheduler._watcher.is_alive()
+        task_update(task=task, cron="45 23 * * *")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(min(scheduler.tick(), 0.05))
+            slot = scheduler._slots.get(task.periodic_task_id)
+            if slot is not None and slot.cron.expression == "45 23 * * *":
+                break
+        took = 5 - (deadline - time.monotonic())
+        assert slot is not None and slot.cron.expression == "45 23 * * *"
+        assert took < 1.5
+    finally:
+        scheduler.close()
+        scheduler._finalize.cancel()
+    assert not scheduler._watcher.is_alive()
+
+
+# --- the batched fire keeps the per-task decisions ----------------------------------------
+
+
+def test_occurrences_fire_decides_each_task_as_occurrence_fire_does(owner: Any) -> None:
+    now = this_minute() + timedelta(seconds=5)
+    on_time = make_task(owner)
+    paused = make_task(owner)
+    task_pause(task=paused)
+    behind = make_task(owner)
+    TaskExecution.objects.create(task=behind, trigger="scheduled", scheduled_for=now)
+    missed = make_task(owner, misfire_policy="skip")
+    fires = [
+        occurrences.Fire(on_time.pk, this_minute(), this_minute() - timedelta(minutes=1)),
+        occurrences.Fire(paused.pk, this_minute(), None),
+        occurrences.Fire(behind.pk, this_minute(), None),  # older than its newest record
+        occurrences.Fire(missed.pk, this_minute(), this_minute() - timedelta(minutes=4)),
+        occurrences.Fire("not-a-task", this_minute(), None),
+        occurrences.Fire(on_time.pk, this_minute(), None),  # the same task twice
+    ]
+    published = occurrences.occurrences_fire(fires, now=now)
+    assert [len(runs) for runs in published] == [1, 0, 0, 1, 0, 0]
+    assert TaskExecution.objects.filter(task=on_time).count() == 1
+    [skipped] = TaskExecution.objects.filter(task=paused)
+    assert skipped.status == "skipped" and "paused" in skipped.error
+    assert TaskExecution.objects.filter(task=behind).count() == 1
+    # Three minutes missed between the previous fire and this one: skipped under skip.
+    statuses = list(
+        TaskExecution.objects.filter(task=missed)
+        .order_by("scheduled_for")
+        .values_list("status", flat=True)
+    )
+    assert statuses == ["skipped", "skipped", "skipped", "queued"]
