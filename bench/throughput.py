@@ -1,92 +1,244 @@
-"""End-to-end throughput of the foundation: N "run now" executions of a webhook task
-(to a loopback HTTP server) through a real worker, with full execution records.
+"""Throughput of "run now" executions with full records, beside bare Celery (issue 9).
 
-    .venv/bin/python -m bench.throughput --mode embedded -n 300
     .venv/bin/python -m bench.throughput --mode postgres-redis -n 1000
+    .venv/bin/python -m bench.throughput --mode embedded -n 300 --no-baseline
 
-Prints executions/s, and queue-to-start latency percentiles from the records.
+One run, one machine, one broker, in this order:
+
+1. bare Celery (``bench.celery_baseline``; postgres-redis mode only): one producer
+   publishes N no-op messages (enqueue rate), then one worker process with our
+   concurrency, prefetch and ack settings drains them (drain rate); then K messages sent
+   one at a time to the idle worker give the send->start latency.
+2. ours: N "run now" executions of a trivial action published with no worker running
+   (enqueue rate, inside one Django process), then the project's worker (Procfile) drains
+   them: each execution gets its ledger row, claim, action, result, logs and the task's
+   counters. Then K paced runs give queued->started latency on an idle worker.
+
+The trivial action is ``file-operation`` ``list`` of the owner's directory (no network,
+no subprocess) unless ``--action webhook`` (a POST to a loopback HTTP server).
+Prints the rates, latencies and the ratio ours/bare of the drain rates.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tests.http_receiver import Receiver
 from tests.integration.stack import Stack, procfile_commands, wait_until
 
-PUBLISH = """
+ACTIONS = {
+    "file": '{"type": "file-operation", "operation": "list"}',
+    "webhook": '{"type": "webhook", "url": "URL/bench"}',
+}
+
+SETUP = """
 from django.contrib.auth import get_user_model
 from tasks_app.services.definitions import task_create
-from tasks_app.services.dispatch import task_run_now
 owner, _ = get_user_model().objects.get_or_create(username="bench")
-task = task_create(owner=owner, name="bench", type="trigger",
-                   trigger={{"type": "event", "config": {{"event": "bench"}}}},
-                   action={{"type": "webhook", "url": "{url}/bench"}})
+ids = []
+for name in ("bench", "bench-latency"):
+    task = task_create(owner=owner, name=name, type="trigger",
+                       trigger={{"type": "event", "config": {{"event": name}}}},
+                       action={action})
+    ids.append(str(task.id))
+result = ids
+"""
+
+PUBLISH = """
+import time
+from tasks_app.models import ScheduledTask
+from tasks_app.services.dispatch import task_run_now
+task = ScheduledTask.objects.get(pk="{task_id}")
+task_run_now(task=task)  # connections warm
+began = time.monotonic()
 for _ in range({n}):
     task_run_now(task=task)
-result = str(task.id)
+    if {pause}:
+        time.sleep({pause})
+result = time.monotonic() - began
 """
+
+WORKER_ARGS = "--loglevel=INFO --concurrency={concurrency}"
 
 
 def _ts(value: object) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
+def _p(values: list[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100)[pct - 1] if len(values) > 1 else values[0]
+
+
+def _wait_ready(log: Path, timeout: float = 60) -> None:
+    wait_until(
+        lambda: log.exists() and " ready." in log.read_text(errors="replace"),
+        timeout=timeout,
+        interval=0.1,
+        message=f"worker not ready: {log}",
+    )
+
+
+def bare_celery(stack: Stack, tmp: Path, n: int, k: int, concurrency: int) -> dict[str, float]:
+    """Phase 1: the same broker, a no-op task, the same worker settings."""
+    broker = stack.env["CELERY_BROKER_URL"]
+    stamps_dir = tmp / "stamps"
+    stamps_dir.mkdir()
+    env = dict(stack.env, BENCH_BROKER_URL=broker, BENCH_STAMPS=str(stamps_dir))
+    publisher = subprocess.run(
+        [sys.executable, "-c", _PUBLISH_BARE, str(n), "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    enqueue = float(publisher.stdout.split()[-1])
+    log = tmp / "bare-worker.log"
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "celery", "-A", "bench.celery_baseline", "worker"),
+            *WORKER_ARGS.format(concurrency=concurrency).split(),
+        ],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    from bench.celery_baseline import stamps
+
+    try:
+        wait_until(lambda: len(stamps(stamps_dir)) >= n, timeout=n, interval=0.1)
+        # Latency on an idle worker: K messages sent one at a time, 20 ms apart.
+        subprocess.run(
+            [sys.executable, "-c", _PUBLISH_BARE, str(k), "0.02"],
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=600,
+        )
+        wait_until(lambda: len(stamps(stamps_dir)) >= n + k, timeout=60, interval=0.1)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+    rows = stamps(stamps_dir)
+    backlog, paced = rows[:n], rows[n:]
+    span = max(end for _, _, end in backlog) - min(start for _, start, _ in backlog)
+    return {
+        "enqueue": n / enqueue,
+        "drain": n / span,
+        "latency_p50": _p([(start - sent) * 1000 for sent, start, _ in paced], 50),
+        "run_p50": _p([(end - start) * 1000 for _, start, end in backlog], 50),
+    }
+
+
+_PUBLISH_BARE = """
+import sys
+from bench.celery_baseline import publish
+n = int(sys.argv[1])
+pause = float(sys.argv[2])
+publish(1)  # connection warm (its stamp is counted: one extra message)
+print(publish(n - 1, pause=pause) if n > 1 else 0.0)
+"""
+
+
+def ours(stack: Stack, tmp: Path, n: int, k: int, action: str, url: str) -> dict[str, Any]:
+    """Phase 2: N "run now" executions with full records through the project's worker."""
+    bench_id, latency_id = stack.orm(SETUP.format(action=ACTIONS[action].replace("URL", url)))
+    publish_s = stack.orm(PUBLISH.format(task_id=bench_id, n=n - 1, pause=0))
+    stack.start("worker", procfile_commands()["worker"])
+    sql = "SELECT COUNT(*) FROM task_executions WHERE task_id = ? AND status = 'completed'"
+    _wait_ready(stack.logs["worker"])
+    began = time.monotonic()
+    wait_until(
+        lambda: stack.query(sql, (stack.id_param(bench_id),))[0][0] >= n,
+        timeout=n * 2,
+        interval=0.2,
+        message=f"ours: not all {n} executions completed",
+    )
+    wall = time.monotonic() - began
+    stack.orm(PUBLISH.format(task_id=latency_id, n=k - 1, pause=0.05))
+    wait_until(
+        lambda: stack.query(sql, (stack.id_param(latency_id),))[0][0] >= k,
+        timeout=60,
+        interval=0.2,
+    )
+    rows = (
+        "SELECT queued_at, started_at, completed_at, status FROM task_executions WHERE task_id = ?"
+    )
+    backlog = stack.query(rows, (stack.id_param(bench_id),))
+    paced = stack.query(rows, (stack.id_param(latency_id),))
+    assert all(status == "completed" for *_, status in backlog + paced)
+    first = min(_ts(s) for _, s, _, _ in backlog)
+    last = max(_ts(c) for _, _, c, _ in backlog)
+    return {
+        "enqueue": (n - 1) / publish_s,
+        "drain": n / (last - first).total_seconds(),
+        "wall_drain": n / wall,
+        "latency_p50": _p([(_ts(s) - _ts(q)).total_seconds() * 1000 for q, s, _, _ in paced], 50),
+        "run_p50": _p([(_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c, _ in backlog], 50),
+        "run_p99": _p([(_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c, _ in backlog], 99),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["embedded", "postgres-redis"], default="embedded")
-    parser.add_argument("-n", type=int, default=300)
+    parser.add_argument("--mode", choices=["embedded", "postgres-redis"], default="postgres-redis")
+    parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("-k", type=int, default=50, help="paced messages for the latency")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--action", choices=sorted(ACTIONS), default="file")
+    parser.add_argument("--no-baseline", action="store_true", help="skip bare Celery")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, Receiver() as http:
-        stack = Stack(args.mode, Path(tmp))
+    action = {
+        "file": 'file-operation "list" of the owner\'s directory',
+        "webhook": "webhook POST to a loopback HTTP server",
+    }[args.action]
+    with tempfile.TemporaryDirectory() as tmp_name, Receiver() as http:
+        tmp = Path(tmp_name)
+        stack = Stack(args.mode, tmp)
         stack.env["WORKER_CONCURRENCY"] = str(args.concurrency)
         try:
             stack.manage("migrate", "--noinput")
-            stack.start("worker", procfile_commands()["worker"])
-            time.sleep(5)
-            started = time.monotonic()
-            task_id = stack.orm(PUBLISH.format(url=http.url, n=args.n))
-            published = time.monotonic()
-            sql = "SELECT COUNT(*) FROM task_executions WHERE task_id = ? AND status = 'completed'"
-            wait_until(
-                lambda: stack.query(sql, (stack.id_param(task_id),))[0][0] >= args.n,
-                timeout=args.n * 2,
-                interval=0.2,
-            )
-            done = time.monotonic()
-            rows = stack.query(
-                "SELECT queued_at, started_at, completed_at FROM task_executions WHERE task_id = ?",
-                (stack.id_param(task_id),),
-            )
+            bare = None
+            if not args.no_baseline and args.mode == "postgres-redis":
+                bare = bare_celery(stack, tmp, args.n, args.k, args.concurrency)
+            mine = ours(stack, tmp, args.n, args.k, args.action, http.url)
         finally:
             stack.stop()
-    waits = sorted((_ts(s) - _ts(q)).total_seconds() * 1000 for q, s, _ in rows)
-    runs = sorted((_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c in rows)
-    q = statistics.quantiles
-    print(f"mode={args.mode} n={args.n} worker concurrency={args.concurrency}")
-    print(f"publish (incl. Django start-up of the shell): {published - started:.2f} s")
     print(
-        f"all completed after {done - started:.2f} s: {args.n / (done - started):.1f} executions/s"
+        f"mode={args.mode} n={args.n} k={args.k} worker: prefork concurrency={args.concurrency} "
+        f"prefetch 1, acks late"
     )
-    last_start = max(_ts(s) for _, s, _ in rows)
-    first_start = min(_ts(s) for _, s, _ in rows)
-    span = (last_start - first_start).total_seconds()
-    print(f"worker start rate (first to last start): {args.n / span:.1f} executions/s")
+    if bare:
+        print("bare Celery (no-op task, no result backend, no events):")
+        print(
+            f"  enqueue {bare['enqueue']:.0f}/s  drain {bare['drain']:.0f}/s  "
+            f"send->start p50 {bare['latency_p50']:.1f} ms (idle worker)  "
+            f"run p50 {bare['run_p50']:.2f} ms"
+        )
+    print(f"ours ({action}; full records):")
     print(
-        f"claim->recorded per execution ms: p50 {q(runs, n=100)[49]:.1f}  "
-        f"p99 {q(runs, n=100)[98]:.1f}"
+        f"  enqueue {mine['enqueue']:.1f}/s  drain {mine['drain']:.1f}/s "
+        f"(first start to last completion; {mine['wall_drain']:.1f}/s from worker ready)  "
+        f"queued->started p50 {mine['latency_p50']:.1f} ms (idle worker)"
     )
-    print(
-        f"queued->started ms (includes the backlog): p50 {q(waits, n=100)[49]:.0f}  "
-        f"max {waits[-1]:.0f}"
-    )
-    print(f"receiver saw {len(http.received('/bench'))} requests")
+    print(f"  claim->recorded p50 {mine['run_p50']:.1f} ms  p99 {mine['run_p99']:.1f} ms")
+    if bare:
+        print(
+            f"ratio ours/bare: drain {mine['drain'] / bare['drain']:.1%}  "
+            f"enqueue {mine['enqueue'] / bare['enqueue']:.1%}"
+        )
+    if args.action == "webhook":
+        print(f"receiver saw {len(http.received('/bench'))} requests")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, shared_task, signals
 from celery.exceptions import Ignore, TimeLimitExceeded
+from django.db import close_old_connections
 
 from .conf import (
     CLEANUP_TASK_NAME,
@@ -18,6 +19,17 @@ from .conf import (
 )
 from .models import ExecutionStatus
 from .services import chains, executions, occurrences, recovery
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _database_connections(sender: Task | None = None, **_: Any) -> None:
+    """Around every task, what Django does around every request: close connections that
+    failed or outlived CONN_MAX_AGE; CONN_HEALTH_CHECKS tests the one kept before its first
+    query. Celery's own Django fix-up would close every connection around every task (a new
+    PostgreSQL session per run); CELERY_DB_REUSE_MAX in settings holds it back."""
+    if sender is not None and not getattr(sender.request, "is_eager", False):
+        close_old_connections()
 
 
 class RunTask(Task):

@@ -15,6 +15,10 @@ from ..models import ExecutionStatus, ExecutionTrigger, ScheduledTask, TaskExecu
 def execution_publish(*, execution: TaskExecution, attempt: int) -> None:
     """Send a run message for ``attempt`` once the current transaction has committed."""
     TaskExecution.objects.filter(pk=execution.pk).update(enqueued_at=timezone.now())
+    _send_after_commit(execution=execution, attempt=attempt)
+
+
+def _send_after_commit(*, execution: TaskExecution, attempt: int) -> None:
     kwargs = {"execution_id": str(execution.pk), "attempt": attempt}
     # robust: a broker that is down must not fail the committed request; the execution
     # stays queued and the recovery job publishes it later.
@@ -26,8 +30,13 @@ def task_run_now(
 ) -> TaskExecution:
     """Queue one execution of ``task`` outside its schedule (run now, webhook, event)."""
     with transaction.atomic():
+        # Published as it is made: enqueued_at in the INSERT, not in a second statement.
         execution = TaskExecution.objects.create(
-            task=task, trigger=trigger, payload=payload, status=ExecutionStatus.QUEUED
+            task=task,
+            trigger=trigger,
+            payload=payload,
+            status=ExecutionStatus.QUEUED,
+            enqueued_at=timezone.now(),
         )
-        execution_publish(execution=execution, attempt=1)
+        _send_after_commit(execution=execution, attempt=1)
     return execution
