@@ -204,6 +204,14 @@ class ScheduledTask(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["owner", "status"], name="scheduled_owner_status"),
+            # GET /api/tasks: a user's tasks newest first, a page at a time
+            models.Index(fields=["owner", "-created_at", "id"], name="scheduled_owner_recent"),
+            # Late tasks (stats, health): the smallest graceSeconds set among a user's tasks
+            models.Index(
+                fields=["owner", "grace_seconds"],
+                condition=Q(grace_seconds__isnull=False),
+                name="scheduled_owner_grace",
+            ),
             models.Index(fields=["status", "next_run"], name="scheduled_status_next_run"),
         ]
         constraints = [
@@ -331,6 +339,8 @@ class TaskExecution(models.Model):
         ordering = ["-queued_at"]
         indexes = [
             models.Index(fields=["task", "-queued_at"], name="execution_task_recent"),
+            # GET /api/stats: the last day's executions, whatever the history's size
+            models.Index(fields=["queued_at"], name="execution_queued_at"),
             models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
             # "Is a run of this task still going?" (overlap policy, dead-man's switch)
             models.Index(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -58,14 +58,17 @@ class StatsView(APIView):
     def get(self, request: Request) -> Response:
         user = caller(request)
         now = timezone.now()
-        tasks = selectors.tasks_visible_to(user).filter(owner=user)
-        counts = tasks.aggregate(
-            **{
-                f"{status}Tasks": Count("pk", filter=Q(status=status))
-                for status in TaskStatus.values
-            },
-            dueSoon=Count("pk", filter=Q(status=TaskStatus.ACTIVE, next_run__lte=now + DUE_SOON)),
-        )
+        tasks = selectors.tasks_visible_to(user).filter(owner=user).order_by()
+        # Two indexed counts rather than one pass over every row of the user's tasks:
+        # COUNT(*) by status reads the (owner, status) index alone; the hour ahead is a
+        # range of the (status, next_run) index.
+        by_task_status = {
+            row["status"]: row["n"] for row in tasks.values("status").annotate(n=Count("*"))
+        }
+        counts = {
+            **{f"{status}Tasks": by_task_status.get(status, 0) for status in TaskStatus.values},
+            "dueSoon": tasks.filter(status=TaskStatus.ACTIVE, next_run__lte=now + DUE_SOON).count(),
+        }
         rows = (
             selectors.executions_visible_to(user)
             .filter(task__owner=user, queued_at__gte=now - timedelta(hours=24))
