@@ -9,6 +9,7 @@ is re-published from the ledger by the recovery job.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import heapq
 import json
@@ -39,10 +40,13 @@ from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from . import cron as cronlib
-from .conf import BEAT_ENTRY_PREFIX, RUN_TASK_NAME
+from .conf import RUN_TASK_NAME
 from .services import occurrences
+from .slots import Slot, SlotTable
 
 logger = get_logger(__name__)
+#: per schedule, the fires around a moment: (latest at or before, next after, its float)
+Shared = dict[cronlib.Cron, tuple[datetime | None, datetime | None, float | None]]
 _MICRO = timedelta(microseconds=1)
 
 
@@ -165,48 +169,6 @@ class Message:
     options: dict[str, Any]
 
 
-class Slot:
-    """One task's beat row as the scheduler keeps it: a cron (or one-off) schedule, the
-    previous fire and the row's ``date_changed`` (what the bookkeeping write checks)."""
-
-    __slots__ = (
-        "pk",
-        "task",
-        "cron",
-        "clocked",
-        "start",
-        "end",
-        "last_run",
-        "changed",
-        "version",
-        "one_off",
-    )
-
-    def __init__(self, row: dict[str, Any], cron: cronlib.Cron | None, task_id: str) -> None:
-        self.pk: int = row["id"]
-        self.task: int = uuid.UUID(task_id).int  # 128-bit int: half a str's memory
-        self.cron = cron
-        self.clocked: datetime | None = row["clocked__clocked_time"] if cron is None else None
-        self.start: datetime | None = row["start_time"] if cron else None
-        self.end: datetime | None = row["expires"] if cron else None
-        last_run = row["last_run_at"]
-        self.last_run: float | None = last_run.timestamp() if last_run else None
-        self.changed: datetime = row["date_changed"]
-        self.one_off: bool = row["one_off"] or cron is None
-        self.version = 0
-
-    @property
-    def task_id(self) -> str:
-        return str(uuid.UUID(int=self.task))
-
-    @property
-    def name(self) -> str:
-        return f"{BEAT_ENTRY_PREFIX}{self.task_id}"
-
-    def since(self) -> datetime | None:
-        return datetime.fromtimestamp(self.last_run, UTC) if self.last_run is not None else None
-
-
 _ROW_FIELDS = (
     "id",
     "name",
@@ -262,12 +224,15 @@ class Scheduler(DatabaseScheduler):
     Entry = Entry
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots: dict[int, Slot] = {}
+        self._slots = SlotTable()
         self._generic: dict[int, Entry] = {}
         self._generic_dirty: set[int] = set()
-        self._heap: list[tuple[float, int, int]] = []  # (due, row pk, slot version)
+        # (due, row pk); a negative pk is an entry celery evaluates. A slot's items other
+        # than its live one (SlotTable.current) are stale and skipped.
+        self._heap: list[tuple[float, int]] = []
         self._crons: dict[tuple[str, str], cronlib.Cron] = {}
         self._watermark: datetime | None = None
+        self._delivered: dict[int, datetime] = {}  # rows in the look-back, handed over
         self._changes: queue.SimpleQueue[list[dict[str, Any]]] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -294,13 +259,18 @@ class Scheduler(DatabaseScheduler):
         self._generic.clear()
         self._heap = []
         now = time.time()
-        shared: dict[cronlib.Cron, tuple[datetime | None, datetime | None]] = {}
+        shared: Shared = {}
         newest = None
+        recent = timezone.now() - self.lookback
         rows = self.Model.objects.filter(enabled=True).values(*_ROW_FIELDS)
-        for row in rows.iterator(chunk_size=5000):
-            newest = row["date_changed"] if newest is None else max(newest, row["date_changed"])
+        for row in rows.iterator(chunk_size=2000):
+            changed = row["date_changed"]
+            newest = changed if newest is None else max(newest, changed)
+            if changed >= recent:  # the watcher's look-back need not hand it over again
+                self._delivered[row["id"]] = changed
             self._take(row, now, shared)
         heapq.heapify(self._heap)
+        _release_freed_memory()  # the rows read are gone: give their pages back
         self._watermark = newest or timezone.now()
         if self._watcher is None and self.poll_seconds > 0:
             self._watcher = threading.Thread(target=self._watch, name="beat-changes", daemon=True)
@@ -326,12 +296,12 @@ class Scheduler(DatabaseScheduler):
         self,
         row: dict[str, Any],
         now: float,
-        shared: dict[cronlib.Cron, tuple[datetime | None, datetime | None]] | None = None,
+        shared: Shared | None = None,
         push: Callable[[list[Any], Any], None] = list.append,
     ) -> None:
         """Keep ``row`` (a slot, or an entry celery evaluates) and queue its next fire."""
         pk = row["id"]
-        old = self._slots.pop(pk, None)
+        self._slots.pop(pk)
         self._generic.pop(pk, None)
         if not row["enabled"]:
             return
@@ -344,46 +314,55 @@ class Scheduler(DatabaseScheduler):
                 except ValueError:
                     return
                 self._generic[pk] = entry
-                push(self._heap, (now, pk, -1))
+                push(self._heap, (now, -pk))
             return
-        slot = Slot(row, self._cron(row) if row["crontab_id"] else None, task_id)
-        slot.version = old.version + 1 if old else 0
-        self._slots[pk] = slot
+        cron = self._cron(row) if row["crontab_id"] else None
+        last_run = row["last_run_at"]
+        slot = Slot(
+            pk,
+            task_id,
+            cron,
+            clocked=None if cron else row["clocked__clocked_time"],
+            start=row["start_time"] if cron else None,
+            end=row["expires"] if cron else None,
+            last_run=last_run.timestamp() if last_run else None,
+            changed=row["date_changed"],
+            one_off=row["one_off"] or cron is None,
+        )
+        self._slots.put(slot)
         if slot.cron is None:
-            if row["total_run_count"] == 0 and slot.clocked is not None:
-                push(self._heap, (slot.clocked.timestamp(), pk, slot.version))
-            return
-        due = self._due(slot, now, shared)
+            due = slot.clocked.timestamp() if slot.clocked and not row["total_run_count"] else None
+        else:
+            due = self._due(slot, now, shared)
         if due is not None:
-            push(self._heap, (due, pk, slot.version))
+            self._slots.queue(pk, due)
+            push(self._heap, (due, pk))
 
-    def _due(
-        self,
-        slot: Slot,
-        now: float,
-        shared: dict[cronlib.Cron, tuple[datetime | None, datetime | None]] | None = None,
-    ) -> float | None:
+    def _due(self, slot: Slot, now: float, shared: Shared | None = None) -> float | None:
         """When the slot's next occurrence after its previous fire is due (a time in the
-        past when one was missed). Slots of one schedule share the walk from ``now``."""
+        past when one was missed). Slots of one schedule share the walk from ``now``
+        (and the float it ends in: one object for the thousands of a burst)."""
         assert slot.cron is not None
         last = slot.last_run if slot.last_run is not None else now
         after = datetime.fromtimestamp(last, UTC)
         if slot.start is not None and after < slot.start:
             after = slot.start - _MICRO
-        upcoming: datetime | None
-        if shared is not None and after.timestamp() <= now and slot.start is None:
-            pair = shared.get(slot.cron)
-            if pair is None:
+        if shared is not None and last <= now and slot.start is None:
+            walk = shared.get(slot.cron)
+            if walk is None:
                 moment = datetime.fromtimestamp(now, UTC)
-                pair = shared[slot.cron] = (
+                upcoming = slot.cron.next_after(moment)
+                walk = shared[slot.cron] = (
                     slot.cron.latest_at_or_before(moment),
-                    slot.cron.next_after(moment),
+                    upcoming,
+                    upcoming.timestamp() if upcoming else None,
                 )
-            previous, upcoming = pair
-            if previous is not None and after < previous:
-                upcoming = slot.cron.next_after(after)  # one was missed: due now
-        else:
-            upcoming = slot.cron.next_after(after)
+            previous, upcoming, stamp = walk
+            if previous is None or after >= previous:
+                if upcoming is None or (slot.end is not None and upcoming > slot.end):
+                    return None
+                return stamp
+        upcoming = slot.cron.next_after(after)  # (one was missed: due now)
         if upcoming is None or (slot.end is not None and upcoming > slot.end):
             return None
         return upcoming.timestamp()
@@ -400,14 +379,13 @@ class Scheduler(DatabaseScheduler):
         generic: list[int] = []
         now = time.time()
         while heap and heap[0][0] <= now and len(due) < self.batch:
-            _, pk, version = heapq.heappop(heap)
-            if version == -1:
-                if pk in self._generic:
-                    generic.append(pk)
-                continue
-            slot = slots.get(pk)
-            if slot is not None and slot.version == version:
-                due.append(slot)
+            at, pk = heapq.heappop(heap)
+            if pk < 0:
+                if -pk in self._generic:
+                    generic.append(-pk)
+            elif slots.current(pk, at):
+                slots.queue(pk, None)  # taken: a second item for it is stale
+                due.append(slots[pk])
         for pk in generic:
             self._tick_generic(pk)
         if due:
@@ -428,7 +406,7 @@ class Scheduler(DatabaseScheduler):
             self._generic[pk] = self.reserve(entry)
             self.apply_entry(entry, producer=self.producer)
         wait = wait if isinstance(wait, int | float) and wait > 0 else self.max_interval
-        heapq.heappush(self._heap, (time.time() + wait, pk, -1))
+        heapq.heappush(self._heap, (time.time() + wait, -pk))
 
     def reserve(self, entry: Any) -> Any:
         new_entry = next(entry)
@@ -463,28 +441,36 @@ class Scheduler(DatabaseScheduler):
             connections.close_all()
 
     def _read_changes(self) -> list[dict[str, Any]]:
-        """The rows changed since the newest change seen (with a look-back for
-        transactions that committed after a later one)."""
+        """The rows changed since the newest change seen, and those changed within the
+        look-back (a transaction may commit after a later one): ids and stamps first,
+        whole rows only for what was not handed over already."""
         try:
             assert self._watermark is not None
-            rows = list(
-                self.Model.objects.filter(date_changed__gte=self._watermark - self.lookback).values(
-                    *_ROW_FIELDS
-                )
+            floor = min(self._watermark, timezone.now() - self.lookback)
+            stamps = self.Model.objects.filter(date_changed__gte=floor).values_list(
+                "id", "date_changed"
+            )
+            fresh = [pk for pk, changed in stamps if self._delivered.get(pk) != changed]
+            rows = (
+                list(self.Model.objects.filter(pk__in=fresh).values(*_ROW_FIELDS)) if fresh else []
             )
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not read the changed schedules")
             return []
         for row in rows:
             self._watermark = max(self._watermark, row["date_changed"])
+            self._delivered[row["id"]] = row["date_changed"]
+        self._delivered = {pk: at for pk, at in self._delivered.items() if at >= floor}
         return rows
 
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         """Take in changed rows (in the scheduler's thread)."""
         now = time.time()
         for row in rows:
-            held = self._slots.get(row["id"]) or self._generic.get(row["id"])
-            if held is not None and _changed(held) == row["date_changed"]:
+            pk = row["id"]
+            generic = self._generic.get(pk)
+            held = self._slots.changed(pk) if generic is None else generic.model.date_changed
+            if held == row["date_changed"]:
                 continue  # seen already (the look-back reads it again)
             if held is None and not row["enabled"]:
                 continue
@@ -515,6 +501,13 @@ class Scheduler(DatabaseScheduler):
         except DatabaseError:
             logger.exception("could not record %d occurrences; the workers will", len(fired))
             published = None
+        except Exception:  # a fault of ours must not drop the slots: try them again soon
+            logger.exception("beat: firing %d schedules failed; retrying", len(fired))
+            retry = time.time() + self.max_interval
+            for slot in due:
+                self._slots.queue(slot.pk, retry)
+                heapq.heappush(self._heap, (retry, slot.pk))
+            return
         producer = self.producer
         for index, (slot, fire) in enumerate(fired):
             if published is None:  # the worker records it through the same service
@@ -540,7 +533,7 @@ class Scheduler(DatabaseScheduler):
         kept, stale = [], []
         for slot in due:
             if slot.pk not in current:
-                self._slots.pop(slot.pk, None)
+                self._slots.pop(slot.pk)
             elif current[slot.pk] != slot.changed:
                 stale.append(slot.pk)
             else:
@@ -586,14 +579,17 @@ class Scheduler(DatabaseScheduler):
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not write the run bookkeeping")
         now = time.time()
+        shared: Shared = {}
         for slot in fired:
             slot.last_run = stamp
+            self._slots.ran(slot.pk, stamp)
             if slot.one_off:
-                self._slots.pop(slot.pk, None)
+                self._slots.pop(slot.pk)
                 continue
-            due = self._due(slot, now)
+            due = self._due(slot, now, shared)
             if due is not None:
-                heapq.heappush(self._heap, (due, slot.pk, slot.version))
+                self._slots.queue(slot.pk, due)
+                heapq.heappush(self._heap, (due, slot.pk))
 
     # --- entries celery evaluates (and our rows handed in as entries) ----------------
 
@@ -656,5 +652,9 @@ def _our_task_id(row: dict[str, Any]) -> str | None:
     return task_id
 
 
-def _changed(held: Slot | Entry) -> datetime:
-    return held.changed if isinstance(held, Slot) else held.model.date_changed
+def _release_freed_memory() -> None:
+    """Hand memory freed after a large load back to the system (glibc keeps it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do

@@ -8,6 +8,7 @@ with ``_apply(_read_changes())`` as the thread would."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from tasks_app.beat import Scheduler, Slot
 from tasks_app.conf import RUN_TASK_NAME
 from tasks_app.models import ScheduledTask, TaskExecution
 from tasks_app.services import occurrences
-from tasks_app.services.definitions import task_delete, task_pause, task_update
+from tasks_app.services.definitions import task_delete, task_pause, task_resume, task_update
 from tests.test_beat import app, sent_messages  # noqa: F401 - the app fixture
 
 pytestmark = pytest.mark.django_db
@@ -139,9 +140,8 @@ def test_a_due_slot_is_recorded_sent_and_booked_once(
     assert row.total_run_count == 1 and row.last_run_at >= before
     # The next occurrence is queued for the next minute.
     slot = beat._slots[task.periodic_task_id]
-    assert [due for due, pk, version in beat._heap if pk == slot.pk] == [
-        (this_minute() + timedelta(minutes=1)).timestamp()
-    ]
+    live = [due for due, pk in beat._heap if pk == slot.pk and beat._slots.current(pk, due)]
+    assert live == [(this_minute() + timedelta(minutes=1)).timestamp()]
 
 
 def test_a_burst_is_fired_in_one_batch_with_a_fixed_number_of_queries(
@@ -214,14 +214,16 @@ def test_other_entries_are_sent_as_celery_would(
 def test_an_edit_replaces_the_slot_without_a_reload(beat: Scheduler, owner: Any) -> None:
     task = make_task(owner, cron="0 9 * * *")
     beat._load()
-    old = beat._slots[task.periodic_task_id]
+    [(old_due, _)] = [item for item in beat._heap if item[1] == task.periodic_task_id]
     task_update(task=task, cron="15 10 * * *")
     changes(beat)
     new = beat._slots[task.periodic_task_id]
-    assert new is not old and new.version == old.version + 1
     assert new.cron.expression == "15 10 * * *"
+    assert not beat._slots.current(task.periodic_task_id, old_due)  # its old item is stale
+    live = [due for due, pk in beat._heap if beat._slots.current(pk, due)]
     changes(beat)  # read again by the look-back: nothing changes
-    assert beat._slots[task.periodic_task_id] is new
+    assert [due for due, pk in beat._heap if beat._slots.current(pk, due)] == live
+    assert beat._slots[task.periodic_task_id].changed == new.changed
 
 
 def test_pause_removes_the_slot_and_a_new_task_adds_one(beat: Scheduler, owner: Any) -> None:
@@ -276,8 +278,31 @@ def test_bookkeeping_never_overwrites_an_edit(beat: Scheduler, owner: Any) -> No
     assert (row.last_run_at, row.total_run_count) == (datetime(2030, 1, 1, tzinfo=UTC), 0)
 
 
-def test_a_slot_keeps_little_memory(owner: Any) -> None:
-    assert "__dict__" not in dir(Slot)
+def test_slots_are_kept_column_wise_not_as_objects(beat: Scheduler, owner: Any) -> None:
+    tasks = [make_task(owner, cron=f"{minute} 3 * * *") for minute in range(5)]
+    beat._load()
+    gc.collect()
+    assert not [thing for thing in gc.get_objects() if isinstance(thing, Slot)]
+    slot = beat._slots[tasks[2].periodic_task_id]
+    assert (slot.task_id, slot.cron.expression) == (str(tasks[2].pk), "2 3 * * *")
+
+
+def test_a_paused_and_resumed_task_leaves_no_stale_heap_item(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    task = make_task(owner)
+    make_due(task)
+    beat._load()
+    stale = [item for item in beat._heap if item[1] == task.periodic_task_id]
+    task_pause(task=task)
+    changes(beat)
+    task_resume(task=task)  # re-armed: its due time is the next minute now
+    changes(beat)
+    assert all(not beat._slots.current(pk, due) for due, pk in stale)
+    beat.tick()
+    assert sent_messages(app) == []
 
 
 @pytest.mark.django_db(transaction=True)
