@@ -25,11 +25,13 @@ def admin_sql(sql: str) -> None:
 
 
 @contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """A fresh PostgreSQL database (its URL), migrated, dropped afterwards."""
+def scratch_database(prefix: str, *, keep: bool = False) -> Iterator[str]:
+    """A fresh PostgreSQL database (its URL), migrated, dropped afterwards unless kept."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     url = f"{POSTGRES_URL}/{name}"
     admin_sql(f'CREATE DATABASE "{name}"')
+    if keep:
+        print(f"keeping the database: {url}", flush=True)
     try:
         setup_django(url)
         from django.core.management import call_command
@@ -40,7 +42,8 @@ def scratch_database(prefix: str) -> Iterator[str]:
         from django.db import connections
 
         connections.close_all()
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not keep:
+            admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def setup_django(database_url: str, broker_url: str = "memory://") -> None:

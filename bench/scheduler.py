@@ -95,6 +95,35 @@ def run_child(kind: str, database_url: str, seed: int) -> dict:
     return {"error": (done.stderr or done.stdout).strip().splitlines()[-5:]}
 
 
+def beat_process_memory(kind: str, database_url: str, seconds: float) -> dict:
+    """``celery beat`` itself (the command the Procfile and compose.yaml run) with this
+    scheduler, for ``seconds``: its resident memory at the end and at its peak."""
+    env = {**os.environ, "DATABASE_URL": database_url, "CELERY_BROKER_URL": "memory://"}
+    command = [
+        sys.executable, "-m", "celery", "-A", "scheduler_project", "beat",
+        "-S", SCHEDULERS[kind], "--loglevel=WARNING", "--pidfile=",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(seconds)
+        status = open(f"/proc/{process.pid}/status").read()  # noqa: SIM115
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return {
+            "seconds": seconds,
+            "alive": process.poll() is None,
+            "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
+            "hwm_mib": int(fields["VmHWM"].split()[0]) / 1024,
+        }
+    except (OSError, KeyError) as exc:
+        return {"seconds": seconds, "alive": False, "error": repr(exc)}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 # --- child: one scheduler ------------------------------------------------------------
 
 
@@ -250,6 +279,15 @@ ROWS = [
     ("RSS after Django set-up", lambda r: f"{r['rss_before_mib']:.0f} MiB"),
     ("RSS after load", lambda r: f"{r['rss_after_mib']:.0f} MiB"),
     ("RSS peak (VmHWM, whole run)", lambda r: f"{r['rss_peak_mib']:.0f} MiB"),
+    (
+        "`celery beat` process: RSS / peak",
+        lambda r: (
+            f"{r['process']['rss_mib']:.0f} / {r['process']['hwm_mib']:.0f} MiB "
+            f"after {r['process']['seconds']:.0f} s"
+            if "rss_mib" in r.get("process", {})
+            else "failed"
+        ),
+    ),
     (f"idle loop {IDLE_SECONDS:.0f} s: ticks", lambda r: str(r["idle_ticks"])),
     ("idle tick p50", lambda r: f"{r['tick_p50_ms']:.3f} ms"),
     ("idle tick p99", lambda r: f"{r['tick_p99_ms']:.2f} ms"),
@@ -276,6 +314,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=sorted(SCHEDULERS), help="run one scheduler")
+    parser.add_argument("--keep", action="store_true", help="keep the database (its URL printed)")
+    parser.add_argument("--reuse", metavar="DATABASE_URL", help="measure a kept database")
     parser.add_argument("--child", choices=sorted(SCHEDULERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -284,7 +324,14 @@ def main() -> None:
         return
 
     kinds = [args.only] if args.only else list(SCHEDULERS)
-    with scratch_database("bench_sched") as database_url:
+    if args.reuse:  # a database an earlier run built (kept with --keep): no build
+        setup_django(args.reuse)
+        from tasks_app.models import ScheduledTask
+
+        n = ScheduledTask.objects.count()
+        report(n, 0.0, kinds, args.reuse, args.seed)
+        return
+    with scratch_database("bench_sched", keep=args.keep) as database_url:
         from django.db import connections
 
         rng = random.Random(args.seed)
@@ -294,13 +341,21 @@ def main() -> None:
             have = n
             print(f"N={n}: data built in {built:.1f} s", flush=True)
             connections.close_all()
-            results = {kind: run_child(kind, database_url, args.seed + n) for kind in kinds}
-            for kind, result in results.items():
-                if "error" in result:
-                    print(f"{kind} failed: {result['error']}")
-            if len(kinds) == len(SCHEDULERS):
-                print(table(n, results), flush=True)
-            print(MARK + json.dumps({"n": n, "build_s": built, **results}), flush=True)
+            report(n, built, kinds, database_url, args.seed)
+
+
+def report(n: int, built: float, kinds: list[str], database_url: str, seed: int) -> None:
+    results = {kind: run_child(kind, database_url, seed + n) for kind in kinds}
+    settle = max(15.0, n / 2500)
+    for kind in kinds:
+        if "error" not in results[kind]:
+            results[kind]["process"] = beat_process_memory(kind, database_url, settle)
+    for kind, result in results.items():
+        if "error" in result:
+            print(f"{kind} failed: {result['error']}")
+    if len(kinds) == len(SCHEDULERS):
+        print(table(n, results), flush=True)
+    print(MARK + json.dumps({"n": n, "build_s": built, **results}), flush=True)
 
 
 if __name__ == "__main__":

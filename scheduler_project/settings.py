@@ -210,6 +210,12 @@ SCHEDULER_LATE_CHECK_INTERVAL = env_int("SCHEDULER_LATE_CHECK_INTERVAL", 60)
 # SCHEDULER_CLEANUP_KEEP are deleted in batches (SCHEDULER_CLEANUP_KEEP=-1 turns it off).
 SCHEDULER_CLEANUP_KEEP = env_int("SCHEDULER_CLEANUP_KEEP", 100)
 SCHEDULER_CLEANUP_OLDER_THAN_DAYS = env_int("SCHEDULER_CLEANUP_OLDER_THAN_DAYS", 30)
+# The beat scheduler (tasks_app.beat, README "Scale"): how often changed beat rows are
+# read, how far back a late-committing change is still caught (writers' clocks must
+# agree within it), and how many due schedules are fired per transaction.
+SCHEDULER_BEAT_POLL_SECONDS = float(os.environ.get("SCHEDULER_BEAT_POLL_SECONDS", "0.5"))
+SCHEDULER_BEAT_LOOKBACK_SECONDS = env_int("SCHEDULER_BEAT_LOOKBACK_SECONDS", 10)
+SCHEDULER_BEAT_BATCH = env_int("SCHEDULER_BEAT_BATCH", 500)
 SCHEDULER_EGRESS_ALLOW = env_list("SCHEDULER_EGRESS_ALLOW")
 SCHEDULER_EGRESS_TIMEOUT = env_int("SCHEDULER_EGRESS_TIMEOUT", 30)
 SCHEDULER_EGRESS_MAX_BYTES = env_int("SCHEDULER_EGRESS_MAX_BYTES", 5 * 1024 * 1024)

@@ -237,9 +237,9 @@ class Scheduler(DatabaseScheduler):
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
         self._loaded = False
-        self.poll_seconds = float(getattr(settings, "SCHEDULER_BEAT_POLL_SECONDS", 0.5))
-        self.lookback = timedelta(seconds=getattr(settings, "SCHEDULER_BEAT_LOOKBACK_SECONDS", 10))
-        self.batch = int(getattr(settings, "SCHEDULER_BEAT_BATCH", 500))
+        self.poll_seconds = float(settings.SCHEDULER_BEAT_POLL_SECONDS)
+        self.lookback = timedelta(seconds=settings.SCHEDULER_BEAT_LOOKBACK_SECONDS)
+        self.batch = max(int(settings.SCHEDULER_BEAT_BATCH), 1)
         super().__init__(*args, **kwargs)
 
     # --- loading -------------------------------------------------------------------

@@ -27,7 +27,11 @@ from tasks_app.conf import RUN_TASK_NAME
 from tasks_app.models import ScheduledTask, TaskExecution
 from tasks_app.services import occurrences
 from tasks_app.services.definitions import task_delete, task_pause, task_resume, task_update
-from tests.test_beat import app, sent_messages  # noqa: F401 - the app fixture
+from tests.test_beat import (  # noqa: F401 - the app fixture
+    app,
+    clear_of_a_minute_boundary,
+    sent_messages,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -46,6 +50,7 @@ def make_task(owner: Any, **fields: Any) -> ScheduledTask:
 
 def make_due(*tasks: ScheduledTask) -> None:
     """The tasks' beat rows last ran a minute ago: this minute's occurrence is due."""
+    clear_of_a_minute_boundary()
     PeriodicTask.objects.filter(pk__in=[t.periodic_task_id for t in tasks]).update(
         last_run_at=timezone.now() - timedelta(seconds=61)
     )
@@ -335,6 +340,7 @@ def test_the_watcher_thread_takes_in_a_change_within_a_second(
 
 
 def test_occurrences_fire_decides_each_task_as_occurrence_fire_does(owner: Any) -> None:
+    clear_of_a_minute_boundary()
     now = this_minute() + timedelta(seconds=5)
     on_time = make_task(owner)
     paused = make_task(owner)
