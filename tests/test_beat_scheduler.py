@@ -49,10 +49,10 @@ def make_task(owner: Any, **fields: Any) -> ScheduledTask:
 
 
 def make_due(*tasks: ScheduledTask) -> None:
-    """The tasks' beat rows last ran a minute ago: this minute's occurrence is due."""
+    """The tasks' beat rows last ran 59 s ago: this minute's occurrence (only) is due."""
     clear_of_a_minute_boundary()
     PeriodicTask.objects.filter(pk__in=[t.periodic_task_id for t in tasks]).update(
-        last_run_at=timezone.now() - timedelta(seconds=61)
+        last_run_at=timezone.now() - timedelta(seconds=59)
     )
 
 
@@ -164,7 +164,7 @@ def test_a_burst_is_fired_in_one_batch_with_a_fixed_number_of_queries(
         assert len(sent_messages(app)) == count
         return len(queries)
 
-    assert burst(3) == burst(40)
+    assert burst(3) == burst(30)  # (SQLite splits larger inserts by its parameter limit)
 
 
 def test_a_burst_larger_than_a_batch_is_sent_over_consecutive_ticks(
