@@ -238,6 +238,9 @@ class Scheduler(DatabaseScheduler):
         self.lookback = timedelta(seconds=settings.SCHEDULER_BEAT_LOOKBACK_SECONDS)
         self.batch = max(int(settings.SCHEDULER_BEAT_BATCH), 1)
         super().__init__(*args, **kwargs)
+        # No "task-sent" event per message: half the broker writes of a burst. The ledger
+        # records every fire; Flower shows beat's runs from "received" on.
+        self.app.conf.task_send_sent_event = False
 
     # --- loading -------------------------------------------------------------------
 
