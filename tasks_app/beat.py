@@ -492,8 +492,9 @@ class Scheduler(DatabaseScheduler):
             return
         moment = timezone.now()
         fired: list[tuple[Slot, occurrences.Fire]] = []
+        latest_of: dict[cronlib.Cron, datetime | None] = {}
         for slot in due:
-            occurrence = self._occurrence(slot, moment)
+            occurrence = self._occurrence(slot, moment, latest_of)
             if occurrence is not None:
                 fired.append((slot, occurrences.Fire(slot.task_id, occurrence, slot.since())))
         try:
@@ -544,10 +545,19 @@ class Scheduler(DatabaseScheduler):
                 self._take(row, now, push=heapq.heappush)
         return kept
 
-    def _occurrence(self, slot: Slot, moment: datetime) -> datetime | None:
+    def _occurrence(
+        self, slot: Slot, moment: datetime, latest_of: dict[cronlib.Cron, datetime | None]
+    ) -> datetime | None:
+        """The occurrence a due slot fires: its schedule's latest at ``moment`` (shared by
+        the slots of one schedule in a burst), inside the task's window."""
         if slot.cron is None:
             return slot.clocked
-        latest = slot.cron.latest_at_or_before(min(moment, slot.end) if slot.end else moment)
+        if slot.end is not None and slot.end < moment:
+            latest = slot.cron.latest_at_or_before(slot.end)
+        elif slot.cron in latest_of:
+            latest = latest_of[slot.cron]
+        else:
+            latest = latest_of[slot.cron] = slot.cron.latest_at_or_before(moment)
         if latest is None or (slot.start is not None and latest < slot.start):
             return None
         return latest
@@ -555,6 +565,8 @@ class Scheduler(DatabaseScheduler):
     def _send(
         self, slot: Slot, kwargs: dict[str, Any], options: dict[str, Any], producer: Any
     ) -> None:
+        # (Celery would compute a safe repr of the arguments for every message.)
+        options = {**options, "argsrepr": "()", "kwargsrepr": repr(kwargs)}
         message = Message(slot.name, RUN_TASK_NAME, (), kwargs, options)
         try:
             celery_beat.Scheduler.apply_async(self, message, producer, advance=False)
