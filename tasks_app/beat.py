@@ -403,6 +403,23 @@ class Scheduler(DatabaseScheduler):
         except Exception:  # noqa: BLE001 - one broken entry must not stop beat
             is_due, wait = self._is_due_failed(entry)
         if is_due:
+            # A deleted row leaves no trace for the watcher; an edit may not be read yet.
+            try:
+                changed = (
+                    self.Model.objects.filter(pk=pk, enabled=True)
+                    .values_list("date_changed", flat=True)
+                    .first()
+                )
+            except (DatabaseError, InterfaceError):
+                changed = entry.model.date_changed  # send it as known: the database is away
+            if changed is None:
+                del self._generic[pk]
+                return
+            if changed != entry.model.date_changed:
+                row = self.Model.objects.filter(pk=pk).values(*_ROW_FIELDS).first()
+                if row is not None:
+                    self._take(row, time.time(), push=heapq.heappush)
+                return
             self._generic[pk] = self.reserve(entry)
             self.apply_entry(entry, producer=self.producer)
         wait = wait if isinstance(wait, int | float) and wait > 0 else self.max_interval

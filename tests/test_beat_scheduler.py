@@ -213,6 +213,20 @@ def test_other_entries_are_sent_as_celery_would(
     assert [headers["task"] for headers, _ in sent_messages(app)] == ["celery.ping"]
 
 
+def test_a_deleted_entry_of_another_task_is_not_sent_again(
+    beat: Scheduler,
+    app: Celery,  # noqa: F811
+) -> None:
+    every = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    row = PeriodicTask.objects.create(name="ping", task="celery.ping", interval=every)
+    beat._load()
+    row.delete()  # the watcher never sees a deletion
+    time.sleep(1.1)
+    beat.tick()
+    assert sent_messages(app) == []
+    assert "ping" not in beat.schedule
+
+
 # --- changes ----------------------------------------------------------------------------
 
 
