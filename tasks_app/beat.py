@@ -211,6 +211,8 @@ class Scheduler(DatabaseScheduler):
       transaction, a fixed number of queries, :func:`occurrences.occurrences_fire`), sent
       through one producer, and beat's bookkeeping (``last_run_at``/``total_run_count``)
       is written for the batch in one statement that never overwrites an edit.
+    * **On time**: a due slot's occurrence is recorded up to ``lead`` (50 ms) before its
+      time and the message sent at its time, so the database work does not delay it.
     * Rows of other tasks (the project's own periodic jobs, intervals, solar schedules)
       stay django-celery-beat entries, evaluated as celery does.
 
@@ -237,6 +239,9 @@ class Scheduler(DatabaseScheduler):
         self.poll_seconds = float(settings.SCHEDULER_BEAT_POLL_SECONDS)
         self.lookback = timedelta(seconds=settings.SCHEDULER_BEAT_LOOKBACK_SECONDS)
         self.batch = max(int(settings.SCHEDULER_BEAT_BATCH), 1)
+        #: a due slot's occurrence is recorded this long before its time and its run sent
+        #: on time, so the database work does not make it late
+        self.lead = 0.05
         super().__init__(*args, **kwargs)
         # No "task-sent" event per message: half the broker writes of a burst. The ledger
         # records every fire; Flower shows beat's runs from "received" on.
@@ -378,21 +383,23 @@ class Scheduler(DatabaseScheduler):
         due: list[Slot] = []
         generic: list[int] = []
         now = time.time()
-        while heap and heap[0][0] <= now and len(due) < self.batch:
+        horizon, latest = now + self.lead, 0.0
+        while heap and heap[0][0] <= horizon and len(due) < self.batch:
             at, pk = heapq.heappop(heap)
-            if pk < 0:
+            if pk < 0:  # (celery's entry says itself whether it is due yet)
                 if -pk in self._generic:
                     generic.append(-pk)
             elif slots.current(pk, at):
                 slots.queue(pk, None)  # taken: a second item for it is stale
                 due.append(slots[pk])
+                latest = max(latest, at)
         for pk in generic:
             self._tick_generic(pk)
         if due:
-            self._fire(due)
-        if heap and heap[0][0] <= time.time():
+            self._fire(due, latest)
+        if heap and heap[0][0] - self.lead <= time.time():
             return 0
-        wake = (heap[0][0] if heap else math.inf) - time.time()
+        wake = (heap[0][0] - self.lead if heap else math.inf) - time.time()
         # Changes are taken in on the next tick: wake at least as often as they are read.
         return max(min(wake, self.max_interval, self.poll_seconds or math.inf), 0.0)
 
@@ -501,13 +508,15 @@ class Scheduler(DatabaseScheduler):
 
     # --- firing our tasks ----------------------------------------------------------
 
-    def _fire(self, due: list[Slot]) -> None:
+    def _fire(self, due: list[Slot], at: float) -> None:
+        """Record the due slots' occurrences (up to ``lead`` seconds before ``at``, the
+        latest of their times), then send their runs, not before ``at``."""
         if not connection.in_atomic_block:  # (a test's transaction keeps its connection)
             close_old_connections()  # a connection the database dropped is renewed
         due = self._recheck(due)
         if not due:
             return
-        moment = timezone.now()
+        moment = datetime.fromtimestamp(max(time.time(), at), UTC)
         fired: list[tuple[Slot, occurrences.Fire]] = []
         latest_of: dict[cronlib.Cron, datetime | None] = {}
         for slot in due:
@@ -526,6 +535,9 @@ class Scheduler(DatabaseScheduler):
                 self._slots.queue(slot.pk, retry)
                 heapq.heappush(self._heap, (retry, slot.pk))
             return
+        early = moment.timestamp() - time.time()
+        if early > 0:
+            time.sleep(early)  # decided ahead, published on time
         producer = self.producer
         for index, (slot, fire) in enumerate(fired):
             if published is None:  # the worker records it through the same service
@@ -614,7 +626,7 @@ class Scheduler(DatabaseScheduler):
                     )
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not write the run bookkeeping")
-        now = time.time()
+        now = max(time.time(), stamp)
         shared: Shared = {}
         for slot in fired:
             slot.last_run = stamp

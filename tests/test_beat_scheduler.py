@@ -167,6 +167,24 @@ def test_a_burst_is_fired_in_one_batch_with_a_fixed_number_of_queries(
     assert burst(3) == burst(30)  # (SQLite splits larger inserts by its parameter limit)
 
 
+def test_a_run_is_decided_just_ahead_and_sent_on_time(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    due = timezone.now() + timedelta(milliseconds=500)
+    task = make_task(owner, type="one-time", run_at=due)
+    beat._load()
+    while time.time() < due.timestamp() - beat.lead + 0.01:
+        time.sleep(0.002)
+    beat.tick()  # ~40 ms before its time: recorded now, sent at its time
+    assert time.time() >= due.timestamp()
+    [(_headers, (_args, kwargs, _embed))] = sent_messages(app)
+    [execution] = TaskExecution.objects.filter(task=task)
+    assert kwargs["execution_id"] == str(execution.pk)
+    assert execution.scheduled_for == due
+
+
 def test_a_burst_larger_than_a_batch_is_sent_over_consecutive_ticks(
     beat: Scheduler,
     owner: Any,
