@@ -383,10 +383,13 @@ class Scheduler(DatabaseScheduler):
         due: list[Slot] = []
         generic: list[int] = []
         now = time.time()
-        horizon, latest = now + self.lead, 0.0
-        while heap and heap[0][0] <= horizon and len(due) < self.batch:
-            at, pk = heapq.heappop(heap)
-            if pk < 0:  # (celery's entry says itself whether it is due yet)
+        latest = 0.0
+        while heap and len(due) < self.batch:
+            at, pk = heap[0]
+            if at > now + (self.lead if pk > 0 else 0.0):  # (celery's entries: on time)
+                break
+            heapq.heappop(heap)
+            if pk < 0:
                 if -pk in self._generic:
                     generic.append(-pk)
             elif slots.current(pk, at):
@@ -397,9 +400,12 @@ class Scheduler(DatabaseScheduler):
             self._tick_generic(pk)
         if due:
             self._fire(due, latest)
-        if heap and heap[0][0] - self.lead <= time.time():
-            return 0
-        wake = (heap[0][0] - self.lead if heap else math.inf) - time.time()
+        wake = math.inf
+        if heap:
+            at, pk = heap[0]
+            wake = at - (self.lead if pk > 0 else 0.0) - time.time()
+            if wake <= 0:
+                return 0
         # Changes are taken in on the next tick: wake at least as often as they are read.
         return max(min(wake, self.max_interval, self.poll_seconds or math.inf), 0.0)
 
