@@ -47,21 +47,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.data import TIMEZONES
 from tests.services import POSTGRES_URL, REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MARK = "@@BENCH@@"
-TIMEZONES = [
-    "UTC",
-    "Europe/London",
-    "Europe/Berlin",
-    "America/New_York",
-    "America/Los_Angeles",
-    "Asia/Tokyo",
-    "Asia/Kolkata",
-    "Australia/Sydney",
-]
 CRONS = [f"{m} {h} * * *" for h in range(24) for m in range(0, 60, 5)]
 OTHER_USERS = 4
 BATCH = 5000

@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.data import status_kib
 from scheduler_project.celery import app
 
 if os.environ.get("BENCH_QUEUE"):
@@ -48,14 +49,6 @@ SCHEDULERS = {
     "project": "tasks_app.beat:Scheduler",
 }
 LABELS = {"stock": "stock DatabaseScheduler", "project": "tasks_app.beat.Scheduler"}
-
-
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    return -1
 
 
 def cpu_seconds() -> float:

@@ -15,6 +15,25 @@ from datetime import UTC, datetime
 from tests.services import POSTGRES_URL
 
 BATCH = 2000
+#: the zones the benchmarks spread their schedules over
+TIMEZONES = [
+    "UTC",
+    "Europe/London",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "Australia/Sydney",
+]
+
+
+def status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return -1
 
 
 def admin_sql(sql: str) -> None:

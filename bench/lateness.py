@@ -38,21 +38,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bench import beatrun
-from bench.data import add_one_time, add_recurring, bench_user, scratch_database
+from bench.data import TIMEZONES, add_one_time, add_recurring, bench_user, scratch_database
 from tests.http_receiver import Receiver
 from tests.services import REDIS_URL
 
 KINDS = ("stock", "project")
-TIMEZONES = [
-    "UTC",
-    "Europe/London",
-    "Europe/Berlin",
-    "America/New_York",
-    "America/Los_Angeles",
-    "Asia/Tokyo",
-    "Asia/Kolkata",
-    "Australia/Sydney",
-]
 QUIET = timedelta(minutes=90)  # no idle cron fires this soon
 
 

@@ -28,23 +28,20 @@ import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bench.data import add_recurring, bench_user, scratch_database, setup_django
+from bench.data import (
+    TIMEZONES,
+    add_recurring,
+    bench_user,
+    scratch_database,
+    setup_django,
+    status_kib,
+)
 
 MARK = "@@BENCH@@"
 SCHEDULERS = {
     "stock": "django_celery_beat.schedulers:DatabaseScheduler",
     "project": "tasks_app.beat:Scheduler",
 }
-TIMEZONES = [
-    "UTC",
-    "Europe/London",
-    "Europe/Berlin",
-    "America/New_York",
-    "America/Los_Angeles",
-    "Asia/Tokyo",
-    "Asia/Kolkata",
-    "Australia/Sydney",
-]
 QUIET = timedelta(minutes=70)  # no generated cron fires this soon
 IDLE_SECONDS = 5.0
 CHANGE_TIMEOUT = 60.0
@@ -61,14 +58,6 @@ def quiet_cron(rng: random.Random, tz: str, now: datetime, within: timedelta | N
             fire += timedelta(days=1)
         if fire - local > QUIET and (within is None or fire - local < within):
             return f"{minute} {hour} * * *"
-
-
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    return -1
 
 
 def build_tasks(count: int, rng: random.Random) -> float:
