@@ -463,8 +463,12 @@ class Scheduler(DatabaseScheduler):
         connection, so a tick never waits on the database when nothing is due."""
         try:
             while not self._stopping.wait(self.poll_seconds):
-                close_old_connections()
-                rows = self._read_changes()
+                try:
+                    close_old_connections()
+                    rows = self._read_changes()
+                except Exception:  # the watcher must outlive any one bad read
+                    logger.exception("beat: reading the changed schedules failed")
+                    continue
                 if rows:
                     self._changes.put(rows)
         finally:
