@@ -226,6 +226,7 @@ class Scheduler(DatabaseScheduler):
         self._slots = SlotTable()
         self._generic: dict[int, Entry] = {}
         self._generic_dirty: set[int] = set()
+        self._generic_due: dict[int, float] = {}  # each entry's live heap item
         # (due, row pk); a negative pk is an entry celery evaluates. A slot's items other
         # than its live one (SlotTable.current) are stale and skipped.
         self._heap: list[tuple[float, int]] = []
@@ -262,6 +263,7 @@ class Scheduler(DatabaseScheduler):
         self._loaded = True
         self._slots.clear()
         self._generic.clear()
+        self._generic_due.clear()
         self._heap = []
         now = time.time()
         shared: Shared = {}
@@ -276,7 +278,8 @@ class Scheduler(DatabaseScheduler):
             self._take(row, now, shared)
         heapq.heapify(self._heap)
         _release_freed_memory()  # the rows read are gone: give their pages back
-        self._watermark = newest or timezone.now()
+        # From the load's start: rows committed while it read are read again.
+        self._watermark = min(newest, recent + self.lookback) if newest else timezone.now()
         if self._watcher is None and self.poll_seconds > 0:
             self._watcher = threading.Thread(target=self._watch, name="beat-changes", daemon=True)
             self._watcher.start()
@@ -306,19 +309,25 @@ class Scheduler(DatabaseScheduler):
     ) -> None:
         """Keep ``row`` (a slot, or an entry celery evaluates) and queue its next fire."""
         pk = row["id"]
+        before = self._slots.due(pk)  # its live heap item's time, if it has one
         self._slots.pop(pk)
         self._generic.pop(pk, None)
         if not row["enabled"]:
             return
         task_id = _our_task_id(row)
         if task_id is None or not (row["crontab_id"] or row["clocked_id"]):
-            model = self.Model.objects.filter(pk=pk).first()
+            try:
+                model = self.Model.objects.filter(pk=pk).first()
+            except (DatabaseError, InterfaceError):
+                self._changes.put([row])  # taken in again on the next tick
+                return
             if model is not None:
                 try:
                     entry = self.Entry(model, app=self.app)
                 except ValueError:
                     return
                 self._generic[pk] = entry
+                self._generic_due[pk] = now
                 push(self._heap, (now, -pk))
             return
         cron = self._cron(row) if row["crontab_id"] else None
@@ -341,7 +350,8 @@ class Scheduler(DatabaseScheduler):
             due = self._due(slot, now, shared)
         if due is not None:
             self._slots.queue(pk, due)
-            push(self._heap, (due, pk))
+            if due != before:  # (an unchanged time: its item in the heap is live again)
+                push(self._heap, (due, pk))
 
     def _due(self, slot: Slot, now: float, shared: Shared | None = None) -> float | None:
         """When the slot's next occurrence after its previous fire is due (a time in the
@@ -390,16 +400,32 @@ class Scheduler(DatabaseScheduler):
                 break
             heapq.heappop(heap)
             if pk < 0:
-                if -pk in self._generic:
+                if self._generic_due.get(-pk) == at and -pk in self._generic:
                     generic.append(-pk)
             elif slots.current(pk, at):
                 slots.queue(pk, None)  # taken: a second item for it is stale
                 due.append(slots[pk])
                 latest = max(latest, at)
         for pk in generic:
-            self._tick_generic(pk)
+            try:
+                self._tick_generic(pk)
+            except (DatabaseError, InterfaceError):
+                logger.exception("beat: could not check %s; trying again", pk)
+                self._generic_due[pk] = retry = time.time() + self.max_interval
+                heapq.heappush(heap, (retry, -pk))
         if due:
-            self._fire(due, latest)
+            try:
+                self._fire(due, latest)
+            except (DatabaseError, InterfaceError):  # the ledger keeps a retry exactly-once
+                logger.exception("beat: the database failed while firing; trying again")
+                retry = time.time() + self.max_interval
+                for slot in due:
+                    if slot.pk in slots and slots.due(slot.pk) is None:
+                        slots.queue(slot.pk, retry)
+                        heapq.heappush(heap, (retry, slot.pk))
+        if len(heap) > 2 * (len(slots) + len(self._generic)) + 1000:
+            self._compact()
+            heap = self._heap
         wake = math.inf
         if heap:
             at, pk = heap[0]
@@ -436,7 +462,15 @@ class Scheduler(DatabaseScheduler):
             self._generic[pk] = self.reserve(entry)
             self.apply_entry(entry, producer=self.producer)
         wait = wait if isinstance(wait, int | float) and wait > 0 else self.max_interval
-        heapq.heappush(self._heap, (time.time() + wait, -pk))
+        self._generic_due[pk] = at = time.time() + wait
+        heapq.heappush(self._heap, (at, -pk))
+
+    def _compact(self) -> None:
+        """Drop stale heap items (edits leave their old ones behind until their time)."""
+        live = [(at, pk) for at, pk in self._heap if pk > 0 and self._slots.current(pk, at)]
+        live += [(at, -pk) for pk, at in self._generic_due.items() if pk in self._generic]
+        heapq.heapify(live)
+        self._heap = live
 
     def reserve(self, entry: Any) -> Any:
         new_entry = next(entry)
@@ -485,9 +519,10 @@ class Scheduler(DatabaseScheduler):
                 "id", "date_changed"
             )
             fresh = [pk for pk, changed in stamps if self._delivered.get(pk) != changed]
-            rows = (
-                list(self.Model.objects.filter(pk__in=fresh).values(*_ROW_FIELDS)) if fresh else []
-            )
+            rows = []
+            for start in range(0, len(fresh), 500):
+                chunk = fresh[start : start + 500]
+                rows += self.Model.objects.filter(pk__in=chunk).values(*_ROW_FIELDS)
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not read the changed schedules")
             return []
@@ -538,16 +573,13 @@ class Scheduler(DatabaseScheduler):
         except DatabaseError:
             logger.exception("could not record %d occurrences; the workers will", len(fired))
             published = None
-        except Exception:  # a fault of ours must not drop the slots: try them again soon
-            logger.exception("beat: firing %d schedules failed; retrying", len(fired))
-            retry = time.time() + self.max_interval
-            for slot in due:
-                self._slots.queue(slot.pk, retry)
-                heapq.heappush(self._heap, (retry, slot.pk))
-            return
+        except Exception:  # noqa: BLE001 - one broken task must not hold up the batch
+            logger.exception("beat: firing %d schedules failed; firing them one by one", len(fired))
+            fired, published, broken = self._fire_one_by_one(fired, moment)
+            due = [slot for slot in due if slot.pk not in broken]  # (they are re-queued)
         early = moment.timestamp() - time.time()
         if early > 0:
-            time.sleep(early)  # decided ahead, published on time
+            time.sleep(min(early, self.lead))  # decided ahead, published on time
         producer = self.producer
         for index, (slot, fire) in enumerate(fired):
             if published is None:  # the worker records it through the same service
@@ -558,6 +590,27 @@ class Scheduler(DatabaseScheduler):
                 options = {"countdown": run.countdown} if run.countdown else {}
                 self._send(slot, run.kwargs, options, producer)
         self._bookkeep(due, moment)
+
+    def _fire_one_by_one(
+        self, fired: list[tuple[Slot, occurrences.Fire]], moment: datetime
+    ) -> tuple[list[tuple[Slot, occurrences.Fire]], list[list[occurrences.Publication]], set[int]]:
+        """After a failed batch: each fire on its own; a slot whose fire fails again is
+        tried again in a minute (its occurrence is then caught up by the misfire rules)."""
+        kept: list[tuple[Slot, occurrences.Fire]] = []
+        published: list[list[occurrences.Publication]] = []
+        broken: set[int] = set()
+        retry = time.time() + 60
+        for slot, fire in fired:
+            try:
+                published += occurrences.occurrences_fire([fire], now=moment)
+            except Exception:  # noqa: BLE001 - logged; the others go on
+                logger.exception("beat: firing %s failed; trying again in a minute", slot.name)
+                broken.add(slot.pk)
+                self._slots.queue(slot.pk, retry)
+                heapq.heappush(self._heap, (retry, slot.pk))
+                continue
+            kept.append((slot, fire))
+        return kept, published, broken
 
     def _recheck(self, due: list[Slot]) -> list[Slot]:
         """The due rows as the database has them now: a deleted row is dropped, an edited
@@ -621,8 +674,8 @@ class Scheduler(DatabaseScheduler):
         table = ops.quote_name(self.Model._meta.db_table)
         try:
             with connection.cursor() as cursor:
-                for start in range(0, len(fired), 500):
-                    chunk = fired[start : start + 500]
+                for start in range(0, len(fired), 400):  # (SQLite: 999 parameters)
+                    chunk = fired[start : start + 400]
                     params: list[Any] = [ops.adapt_datetimefield_value(moment)]
                     for slot in chunk:
                         params += [slot.pk, ops.adapt_datetimefield_value(slot.changed)]

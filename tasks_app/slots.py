@@ -157,6 +157,13 @@ class SlotTable:
         if at is not None:
             self._due[at] = math.nan if due is None else due
 
+    def due(self, pk: int) -> float | None:
+        """When the row's live heap item is due (None: nothing queued)."""
+        at = self._index.get(pk)
+        if at is None or math.isnan(self._due[at]):
+            return None
+        return self._due[at]
+
     def current(self, pk: int, due: float) -> bool:
         """Whether a heap item ``(due, pk)`` is the row's live one (not stale: the row
         was not replaced, removed or fired since it was queued)."""

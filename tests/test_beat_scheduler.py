@@ -206,10 +206,9 @@ def test_a_one_off_row_fires_once_and_is_disabled(
 ) -> None:
     task = make_task(owner, type="one-time", run_at=timezone.now() + timedelta(hours=1))
     # It is due now (its clock row moved back, as if an hour had passed).
-    ClockedSchedule.objects.filter(pk=task.periodic_task.clocked_id).update(
-        clocked_time=timezone.now() - timedelta(seconds=1)
-    )
-    ScheduledTask.objects.filter(pk=task.pk).update(run_at=timezone.now() - timedelta(seconds=1))
+    moved = timezone.now() - timedelta(seconds=1)
+    ClockedSchedule.objects.filter(pk=task.periodic_task.clocked_id).update(clocked_time=moved)
+    ScheduledTask.objects.filter(pk=task.pk).update(run_at=moved)
     beat._load()
     beat.tick()
     beat.tick()
@@ -243,6 +242,36 @@ def test_a_deleted_entry_of_another_task_is_not_sent_again(
     beat.tick()
     assert sent_messages(app) == []
     assert "ping" not in beat.schedule
+
+
+def test_one_broken_task_does_not_hold_up_its_batch(
+    beat: Scheduler,
+    owner: Any,
+    app: Celery,  # noqa: F811
+) -> None:
+    good, broken = make_task(owner), make_task(owner)
+    make_due(good, broken)
+    ScheduledTask.objects.filter(pk=broken.pk).update(timezone="Mars/Olympus")
+    beat._load()
+    beat.tick()
+    assert TaskExecution.objects.filter(task=good).count() == 1
+    assert len(sent_messages(app)) == 1
+    assert not TaskExecution.objects.filter(task=broken).exists()
+    retry = beat._slots.due(broken.periodic_task_id)
+    assert retry is not None and retry > time.time() + 30  # tried again in a minute
+
+
+def test_edits_do_not_grow_the_heap(beat: Scheduler, owner: Any) -> None:
+    task = make_task(owner, cron="0 0 1 1 *")
+    beat._load()
+    for minute in range(30):
+        task_update(task=task, cron=f"{minute} 0 1 1 *" if minute % 2 else "0 0 1 1 *")
+        changes(beat)
+    live = [item for item in beat._heap if beat._slots.current(item[1], item[0])]
+    assert len(live) == 1
+    assert len(beat._heap) <= 2 + 30  # one item per distinct time at most
+    beat._compact()
+    assert beat._heap == live
 
 
 # --- changes ----------------------------------------------------------------------------
@@ -401,3 +430,17 @@ def test_occurrences_fire_decides_each_task_as_occurrence_fire_does(owner: Any) 
         .values_list("status", flat=True)
     )
     assert statuses == ["skipped", "skipped", "skipped", "queued"]
+
+
+def test_a_beat_row_is_stamped_again_when_its_transaction_commits(
+    owner: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A long transaction (an import) commits rows whose date_changed is older than the
+    watcher's look-back; the schedule sync stamps them again once they are visible."""
+    with django_capture_on_commit_callbacks(execute=True):
+        task = make_task(owner, cron="0 9 * * *")
+        PeriodicTask.objects.filter(pk=task.periodic_task_id).update(
+            date_changed=timezone.now() - timedelta(minutes=5)
+        )
+    stamped = PeriodicTask.objects.get(pk=task.periodic_task_id).date_changed
+    assert stamped > timezone.now() - timedelta(seconds=5)

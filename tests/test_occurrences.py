@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.db import close_old_connections, connection
+from django.db.models import F
 from django.utils import timezone
 
 from tasks_app.models import ExecutionStatus, ScheduledTask, TaskExecution, TaskStatus
@@ -41,7 +42,9 @@ def make_task(owner: Any, *, created: datetime = T0 - timedelta(days=1), **field
 
 
 def ledger(task: ScheduledTask) -> list[TaskExecution]:
-    return list(TaskExecution.objects.filter(task=task).order_by("scheduled_for"))
+    # (A manual run has no scheduled_for: last, on SQLite as on PostgreSQL.)
+    order = F("scheduled_for").asc(nulls_last=True)
+    return list(TaskExecution.objects.filter(task=task).order_by(order, "queued_at"))
 
 
 def fire(task: ScheduledTask, occurrence: datetime, since: datetime | None, now: datetime) -> Any:

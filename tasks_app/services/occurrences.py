@@ -194,6 +194,8 @@ def _candidates(
     if task.type == TaskType.ONE_TIME:
         if task.status == TaskStatus.PAUSED or task.run_at is None:
             return None  # its one occurrence is still owed: resuming the task runs it
+        if fire.occurrence != task.run_at:
+            return None  # rescheduled since this fire was decided: the new time is owed
         return [task.run_at], False
     if task.type != TaskType.RECURRING or not in_window(task, fire.occurrence):
         return None

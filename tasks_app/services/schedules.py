@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, PeriodicTask
 
@@ -86,6 +87,13 @@ def schedule_sync(*, task: ScheduledTask) -> PeriodicTask | None:
             periodic.last_run_at = timezone.now()
             periodic.total_run_count = 0
         periodic.save()
+        # Beat reads rows by date_changed, set when saved, not when committed: a long
+        # transaction (an import) would commit rows older than beat's look-back. Stamp
+        # the row again once it is visible.
+        pk = periodic.pk
+        transaction.on_commit(
+            lambda: PeriodicTask.objects.filter(pk=pk).update(date_changed=timezone.now())
+        )
     next_run = compute_next_run(task)
     ScheduledTask.objects.filter(pk=task.pk).update(periodic_task=periodic, next_run=next_run)
     task.periodic_task, task.next_run = periodic, next_run
