@@ -233,6 +233,7 @@ class Scheduler(DatabaseScheduler):
         self._crons: dict[tuple[str, str], cronlib.Cron] = {}
         self._watermark: datetime | None = None
         self._delivered: dict[int, datetime] = {}  # rows in the look-back, handed over
+        self._marker: datetime | None = None  # django-celery-beat's PeriodicTasks stamp
         self._changes: queue.SimpleQueue[list[dict[str, Any]]] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -269,6 +270,7 @@ class Scheduler(DatabaseScheduler):
         shared: Shared = {}
         newest = None
         recent = timezone.now() - self.lookback
+        self._marker = self.Changes.last_change()
         rows = self.Model.objects.filter(enabled=True).values(*_ROW_FIELDS)
         for row in rows.iterator(chunk_size=2000):
             changed = row["date_changed"]
@@ -523,6 +525,7 @@ class Scheduler(DatabaseScheduler):
             for start in range(0, len(fresh), 500):
                 chunk = fresh[start : start + 500]
                 rows += self.Model.objects.filter(pk__in=chunk).values(*_ROW_FIELDS)
+            rows += self._toggled({row["id"] for row in rows})
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not read the changed schedules")
             return []
@@ -531,6 +534,16 @@ class Scheduler(DatabaseScheduler):
             self._delivered[row["id"]] = row["date_changed"]
         self._delivered = {pk: at for pk, at in self._delivered.items() if at >= floor}
         return rows
+
+    def _toggled(self, seen: set[int]) -> list[dict[str, Any]]:
+        """The enabled rows of other tasks, when django-celery-beat's change marker moved:
+        its admin actions enable rows with a bulk update that leaves date_changed alone."""
+        marker = self.Changes.last_change()
+        moved, self._marker = marker != self._marker, marker
+        if not moved:
+            return []
+        others = self.Model.objects.filter(enabled=True).exclude(task=RUN_TASK_NAME)
+        return [row for row in others.values(*_ROW_FIELDS) if row["id"] not in seen]
 
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         """Take in changed rows (in the scheduler's thread)."""

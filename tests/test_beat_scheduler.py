@@ -20,7 +20,12 @@ from celery import Celery
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.models import (
+    ClockedSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    PeriodicTasks,
+)
 
 from tasks_app.beat import Scheduler, Slot
 from tasks_app.conf import RUN_TASK_NAME
@@ -290,6 +295,20 @@ def test_an_edit_replaces_the_slot_without_a_reload(beat: Scheduler, owner: Any)
     changes(beat)  # read again by the look-back: nothing changes
     assert [due for due, pk in beat._heap if beat._slots.current(pk, due)] == live
     assert beat._slots[task.periodic_task_id].changed == new.changed
+
+
+def test_an_entry_enabled_by_the_admins_bulk_action_is_taken_in(beat: Scheduler) -> None:
+    every = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+    row = PeriodicTask.objects.create(name="job", task="celery.ping", interval=every, enabled=False)
+    long_ago = timezone.now() - timedelta(hours=1)  # outside the watcher's look-back
+    PeriodicTask.objects.filter(pk=row.pk).update(date_changed=long_ago)
+    beat._load()
+    assert "job" not in beat.schedule
+    # django-celery-beat's admin "enable" action: a bulk update, then the change marker.
+    PeriodicTask.objects.filter(pk=row.pk).update(enabled=True)
+    PeriodicTasks.update_changed()
+    changes(beat)
+    assert "job" in beat.schedule
 
 
 def test_pause_removes_the_slot_and_a_new_task_adds_one(beat: Scheduler, owner: Any) -> None:
