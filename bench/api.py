@@ -47,7 +47,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.data import TIMEZONES
+from bench import data
+from bench.data import TIMEZONES, admin_sql
+from tests.guide import GUIDE_CREATE
 from tests.services import POSTGRES_URL, REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,38 +59,18 @@ CRONS = [f"{m} {h} * * *" for h in range(24) for m in range(0, 60, 5)]
 OTHER_USERS = 4
 BATCH = 5000
 HISTORY_STEP_HOURS = 6
+# The guide's "Daily Report" owned by the caller, a webhook for its action.
 CREATE_BODY = {
-    "description": "Generate daily analytics report",
-    "type": "recurring",
-    "schedule": {"cron": "0 9 * * *", "timezone": "America/New_York"},
-    "action": {
-        "type": "webhook",
-        "url": "https://api.example.com/notify",
-        "method": "POST",
-        "body": {"message": "Task completed"},
-    },
-    "retryPolicy": {"maxRetries": 3, "backoffMs": 60000},
-    "notification": {"onSuccess": False, "onFailure": True, "channels": ["email"]},
+    **{key: value for key, value in GUIDE_CREATE.items() if key != "userId"},
+    "action": {"type": "webhook", "url": "https://api.example.com/notify", "method": "POST"},
 }
 PREVIEW_BODY = {"schedule": {"cron": "30 2 * * *", "timezone": "America/New_York"}, "count": 10}
 
 
 def setup_django(database_url: str, data_dir: str) -> None:
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["CELERY_BROKER_URL"] = "memory://"
     os.environ["SCHEDULER_DATA_DIR"] = data_dir
     os.environ["DJANGO_ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
-    import django
-
-    django.setup()
-
-
-def admin_sql(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
+    data.setup_django(database_url)
 
 
 # --- data ----------------------------------------------------------------------------

@@ -91,10 +91,9 @@ def add_recurring(
 ) -> list[uuid.UUID]:
     """``count`` active recurring tasks, ``cron_for(i)`` giving (cron, timezone) of the
     i-th, each with its beat row; returns the task ids."""
-    from django_celery_beat.models import CrontabSchedule
-
     from tasks_app import cron as cronlib
     from tasks_app.models import ScheduledTask, TaskStatus, TaskType
+    from tasks_app.services.schedules import crontab_for
 
     now = now or datetime.now(UTC)
     action = action or {"type": "webhook", "url": "https://example.com/bench"}
@@ -117,11 +116,10 @@ def add_recurring(
             )
         )
     ScheduledTask.objects.bulk_create(tasks, batch_size=BATCH)
-    crontabs: dict[tuple[str, str], int] = {}
-    for cron, zone in upcoming:
-        fields = cronlib.parse(cron, zone).fields()
-        row = CrontabSchedule.objects.filter(timezone=zone, **fields).first()
-        crontabs[(cron, zone)] = (row or CrontabSchedule.objects.create(timezone=zone, **fields)).pk
+    crontabs = {
+        (cron, zone): crontab_for(ScheduledTask(cron=cron, timezone=zone)).pk
+        for cron, zone in upcoming
+    }
     _add_periodic(tasks, lambda task: {"crontab_id": crontabs[(task.cron, task.timezone)]}, now)
     return [task.pk for task in tasks]
 

@@ -47,6 +47,29 @@ Shared = dict[cronlib.Cron, tuple[datetime | None, datetime | None, float | None
 _MICRO = timedelta(microseconds=1)
 
 
+def window_occurrence(
+    cron: cronlib.Cron,
+    moment: datetime,
+    start: datetime | None,
+    end: datetime | None,
+    latest_of: dict[cronlib.Cron, datetime | None] | None = None,
+) -> datetime | None:
+    """The latest fire of ``cron`` at ``moment`` inside the window ``start``..``end`` (a
+    task's startAt/endAt). ``latest_of`` shares the walk among the slots of one schedule
+    fired at one moment (a burst)."""
+    if end is not None and end < moment:
+        latest = cron.latest_at_or_before(end)
+    elif latest_of is not None and cron in latest_of:
+        latest = latest_of[cron]
+    else:
+        latest = cron.latest_at_or_before(moment)
+        if latest_of is not None:
+            latest_of[cron] = latest
+    if latest is None or (start is not None and latest < start):
+        return None
+    return latest
+
+
 class CronSchedule(schedules.BaseSchedule):
     """A celery schedule driven by our cron semantics in the entry's timezone, inside
     the task's window (``start``/``end``: its startAt/endAt)."""
@@ -63,10 +86,7 @@ class CronSchedule(schedules.BaseSchedule):
         super().__init__(app=app)
 
     def occurrence(self, now: datetime) -> datetime | None:
-        latest = self.cron.latest_at_or_before(min(now, self.end) if self.end else now)
-        if latest is None or (self.start is not None and latest < self.start):
-            return None
-        return latest
+        return window_occurrence(self.cron, now, self.start, self.end)
 
     def _upcoming(self, now: datetime) -> datetime | None:
         after = max(now, self.start - _MICRO) if self.start else now
@@ -230,7 +250,6 @@ class Scheduler(DatabaseScheduler):
         # (due, row pk); a negative pk is an entry celery evaluates. A slot's items other
         # than its live one (SlotTable.current) are stale and skipped.
         self._heap: list[tuple[float, int]] = []
-        self._crons: dict[tuple[str, str], cronlib.Cron] = {}
         self._watermark: datetime | None = None
         self._delivered: dict[int, datetime] = {}  # rows in the look-back, handed over
         self._marker: datetime | None = None  # django-celery-beat's PeriodicTasks stamp
@@ -296,11 +315,7 @@ class Scheduler(DatabaseScheduler):
             row[f"crontab__{field}"]
             for field in ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
         )
-        key = (expression, str(row["crontab__timezone"]))
-        cron = self._crons.get(key)
-        if cron is None:
-            cron = self._crons[key] = cronlib.Cron(*key)
-        return cron
+        return cronlib.Cron(expression, str(row["crontab__timezone"]))  # (SlotTable interns)
 
     def _take(
         self,
@@ -578,7 +593,11 @@ class Scheduler(DatabaseScheduler):
         fired: list[tuple[Slot, occurrences.Fire]] = []
         latest_of: dict[cronlib.Cron, datetime | None] = {}
         for slot in due:
-            occurrence = self._occurrence(slot, moment, latest_of)
+            occurrence = (
+                slot.clocked
+                if slot.cron is None
+                else window_occurrence(slot.cron, moment, slot.start, slot.end, latest_of)
+            )
             if occurrence is not None:
                 fired.append((slot, occurrences.Fire(slot.task_id, occurrence, slot.since())))
         try:
@@ -595,13 +614,9 @@ class Scheduler(DatabaseScheduler):
             time.sleep(min(early, self.lead))  # decided ahead, published on time
         producer = self.producer
         for index, (slot, fire) in enumerate(fired):
-            if published is None:  # the worker records it through the same service
-                kwargs = {"task_id": slot.task_id, "scheduled_for": fire.occurrence.isoformat()}
-                self._send(slot, kwargs, {}, producer)
-                continue
-            for run in published[index]:
-                options = {"countdown": run.countdown} if run.countdown else {}
-                self._send(slot, run.kwargs, options, producer)
+            runs = None if published is None else published[index]
+            for kwargs, options in _messages(slot.task_id, fire.occurrence, runs, {}):
+                self._send(slot, kwargs, options, producer)
         self._bookkeep(due, moment)
 
     def _fire_one_by_one(
@@ -649,23 +664,6 @@ class Scheduler(DatabaseScheduler):
             for row in self.Model.objects.filter(pk__in=stale).values(*_ROW_FIELDS):
                 self._take(row, now, push=heapq.heappush)
         return kept
-
-    def _occurrence(
-        self, slot: Slot, moment: datetime, latest_of: dict[cronlib.Cron, datetime | None]
-    ) -> datetime | None:
-        """The occurrence a due slot fires: its schedule's latest at ``moment`` (shared by
-        the slots of one schedule in a burst), inside the task's window."""
-        if slot.cron is None:
-            return slot.clocked
-        if slot.end is not None and slot.end < moment:
-            latest = slot.cron.latest_at_or_before(slot.end)
-        elif slot.cron in latest_of:
-            latest = latest_of[slot.cron]
-        else:
-            latest = latest_of[slot.cron] = slot.cron.latest_at_or_before(moment)
-        if latest is None or (slot.start is not None and latest < slot.start):
-            return None
-        return latest
 
     def _send(
         self, slot: Slot, kwargs: dict[str, Any], options: dict[str, Any], producer: Any
@@ -728,28 +726,20 @@ class Scheduler(DatabaseScheduler):
             entry = self.reserve(entry)
         if occurrence is None:
             return None
+        task_id = entry.kwargs.get("task_id")
+        runs: list[occurrences.Publication] | None
         try:
-            # (DatabaseScheduler.schedule already renewed stale connections this tick.)
             runs = occurrences.occurrence_fire(
-                task_id=entry.kwargs.get("task_id"),
+                task_id=task_id,
                 occurrence=occurrence,
                 since=since if isinstance(since, datetime) else None,
             )
         except DatabaseError:
             logger.exception("could not record %s at %s; the worker will", entry.name, occurrence)
-            fallback = {**entry.kwargs, "scheduled_for": occurrence.isoformat()}
-            return super().apply_async(
-                Message(entry.name, entry.task, entry.args, fallback, entry.options),
-                producer,
-                advance=False,
-                **kwargs,
-            )
+            runs = None
         result = None
-        for run in runs:
-            options = {**entry.options, "countdown": run.countdown} if run.countdown else {}
-            message = Message(
-                entry.name, entry.task, entry.args, run.kwargs, options or entry.options
-            )
+        for run_kwargs, options in _messages(task_id, occurrence, runs, entry.options):
+            message = Message(entry.name, entry.task, entry.args, run_kwargs, options)
             result = super().apply_async(message, producer, advance=False, **kwargs)
         return result
 
@@ -782,3 +772,20 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to do
+
+
+def _messages(
+    task_id: Any,
+    occurrence: datetime,
+    runs: list[occurrences.Publication] | None,
+    options: dict[str, Any],
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(kwargs, options) of the run_task messages for one fire: its recorded runs (a
+    jittered one with its countdown), or, when the database could not record it (None),
+    one message naming the occurrence, which the worker records with the same service."""
+    if runs is None:
+        return [({"task_id": task_id, "scheduled_for": occurrence.isoformat()}, options)]
+    return [
+        (run.kwargs, {**options, "countdown": run.countdown} if run.countdown else options)
+        for run in runs
+    ]

@@ -40,7 +40,8 @@ def compute_next_run(task: ScheduledTask, *, now: datetime | None = None) -> dat
     return None
 
 
-def _crontab_for(task: ScheduledTask) -> CrontabSchedule:
+def crontab_for(task: ScheduledTask) -> CrontabSchedule:
+    """The shared CrontabSchedule row of the task's cron in its timezone."""
     fields = cronlib.parse(task.cron, task.timezone).fields()
     found = CrontabSchedule.objects.filter(timezone=task.timezone, **fields).first()
     return found or CrontabSchedule.objects.create(timezone=task.timezone, **fields)
@@ -62,7 +63,7 @@ def schedule_sync(*, task: ScheduledTask) -> PeriodicTask | None:
         schedule_remove(task=task)
     else:
         periodic = task.periodic_task or PeriodicTask(name=beat_entry_name(task))
-        crontab = _crontab_for(task) if task.type == TaskType.RECURRING else None
+        crontab = crontab_for(task) if task.type == TaskType.RECURRING else None
         clocked = _clocked_for(task) if task.type == TaskType.ONE_TIME else None
         enabled = task.status == TaskStatus.ACTIVE
         timing_changed = (
