@@ -8,7 +8,9 @@ One run, one machine, one broker, in this order:
 1. bare Celery (``bench.celery_baseline``; postgres-redis mode only): one producer
    publishes N no-op messages (enqueue rate), then one worker process with our
    concurrency, prefetch and ack settings drains them (drain rate); then K messages sent
-   one at a time to the idle worker give the send->start latency.
+   one at a time to the idle worker give the send->start latency. Then the same with
+   ``bench.floor``, a task that writes two single-row UPDATEs per run: the ceiling of
+   any design that records each run before and after its action.
 2. ours: N "run now" executions of a trivial action published with no worker running
    (enqueue rate, inside one Django process), then the project's worker (Procfile) drains
    them: each execution gets its ledger row, claim, action, result, logs and the task's
@@ -16,7 +18,9 @@ One run, one machine, one broker, in this order:
 
 The trivial action is ``file-operation`` ``list`` of the owner's directory (no network,
 no subprocess) unless ``--action webhook`` (a POST to a loopback HTTP server).
-Prints the rates, latencies and the ratio ours/bare of the drain rates.
+Prints the rates, latencies and the ratios ours/bare and ours/floor of the drain rates.
+Workers send no task events, as in production while no monitor watches; ``--events``
+turns them on for every worker (what Flower does while it runs).
 """
 
 from __future__ import annotations
@@ -87,14 +91,26 @@ def _wait_ready(log: Path, timeout: float = 60) -> None:
     )
 
 
-def bare_celery(stack: Stack, tmp: Path, n: int, k: int, concurrency: int) -> dict[str, float]:
-    """Phase 1: the same broker, a no-op task, the same worker settings."""
+def bare_celery(
+    stack: Stack, tmp: Path, n: int, k: int, concurrency: int, kind: str = "noop"
+) -> dict[str, float]:
+    """Phase 1: the same broker, a no-op task (or the floor task), the same worker
+    settings."""
     broker = stack.env["CELERY_BROKER_URL"]
-    stamps_dir = tmp / "stamps"
+    stamps_dir = tmp / f"stamps-{kind}"
     stamps_dir.mkdir()
-    env = dict(stack.env, BENCH_BROKER_URL=broker, BENCH_STAMPS=str(stamps_dir))
+    env = dict(
+        stack.env,
+        BENCH_BROKER_URL=broker,
+        BENCH_STAMPS=str(stamps_dir),
+        BENCH_DATABASE_URL=stack.env.get("DATABASE_URL", ""),
+    )
+    if kind == "floor":
+        from bench.celery_baseline import floor_table
+
+        floor_table(env["BENCH_DATABASE_URL"], n + k)
     publisher = subprocess.run(
-        [sys.executable, "-c", _PUBLISH_BARE, str(n), "0"],
+        [sys.executable, "-c", _PUBLISH_BARE, str(n), "0", kind],
         env=env,
         capture_output=True,
         text=True,
@@ -107,6 +123,7 @@ def bare_celery(stack: Stack, tmp: Path, n: int, k: int, concurrency: int) -> di
         [
             *(sys.executable, "-m", "celery", "-A", "bench.celery_baseline", "worker"),
             *WORKER_ARGS.format(concurrency=concurrency).split(),
+            *(["-E"] if stack.env.get("CELERY_WORKER_SEND_TASK_EVENTS") == "true" else []),
         ],
         env=env,
         stdout=log.open("wb"),
@@ -119,7 +136,7 @@ def bare_celery(stack: Stack, tmp: Path, n: int, k: int, concurrency: int) -> di
         wait_until(lambda: len(stamps(stamps_dir)) >= n, timeout=n, interval=0.1)
         # Latency on an idle worker: K messages sent one at a time, 20 ms apart.
         subprocess.run(
-            [sys.executable, "-c", _PUBLISH_BARE, str(k), "0.02"],
+            [sys.executable, "-c", _PUBLISH_BARE, str(k), "0.02", kind],
             env=env,
             capture_output=True,
             check=True,
@@ -145,8 +162,9 @@ import sys
 from bench.celery_baseline import publish
 n = int(sys.argv[1])
 pause = float(sys.argv[2])
-publish(1)  # connection warm (its stamp is counted: one extra message)
-print(publish(n - 1, pause=pause) if n > 1 else 0.0)
+kind = sys.argv[3]
+publish(1, kind=kind)  # connection warm (its stamp is counted: one extra message)
+print(publish(n - 1, pause=pause, kind=kind) if n > 1 else 0.0)
 """
 
 
@@ -197,6 +215,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--action", choices=sorted(ACTIONS), default="file")
     parser.add_argument("--no-baseline", action="store_true", help="skip bare Celery")
+    parser.add_argument("--events", action="store_true", help="workers send task events")
     args = parser.parse_args()
     action = {
         "file": 'file-operation "list" of the owner\'s directory',
@@ -206,24 +225,34 @@ def main() -> None:
         tmp = Path(tmp_name)
         stack = Stack(args.mode, tmp)
         stack.env["WORKER_CONCURRENCY"] = str(args.concurrency)
+        stack.env["CELERY_WORKER_SEND_TASK_EVENTS"] = "true" if args.events else "false"
         try:
             stack.manage("migrate", "--noinput")
-            bare = None
+            bare = floor = None
             if not args.no_baseline and args.mode == "postgres-redis":
                 bare = bare_celery(stack, tmp, args.n, args.k, args.concurrency)
+                floor = bare_celery(stack, tmp, args.n, args.k, args.concurrency, "floor")
             mine = ours(stack, tmp, args.n, args.k, args.action, http.url)
         finally:
             stack.stop()
+    events = "on" if args.events else "off"
     print(
         f"mode={args.mode} n={args.n} k={args.k} worker: prefork concurrency={args.concurrency} "
-        f"prefetch 1, acks late"
+        f"prefetch 1, acks late, task events {events}"
     )
     if bare:
-        print("bare Celery (no-op task, no result backend, no events):")
+        print(f"bare Celery (no-op task, no result backend, task events {events}):")
         print(
             f"  enqueue {bare['enqueue']:.0f}/s  drain {bare['drain']:.0f}/s  "
             f"send->start p50 {bare['latency_p50']:.1f} ms (idle worker)  "
             f"run p50 {bare['run_p50']:.2f} ms"
+        )
+    if floor and bare:
+        print(
+            "the floor of any exactly-once ledger (bare Celery + two single-row UPDATEs per run):"
+        )
+        print(
+            f"  drain {floor['drain']:.0f}/s = {floor['drain'] / bare['drain']:.1%} of bare Celery"
         )
     print(f"ours ({action}; full records):")
     print(
@@ -237,6 +266,8 @@ def main() -> None:
             f"ratio ours/bare: drain {mine['drain'] / bare['drain']:.1%}  "
             f"enqueue {mine['enqueue'] / bare['enqueue']:.1%}"
         )
+    if floor:
+        print(f"ratio ours/floor: drain {mine['drain'] / floor['drain']:.1%}")
     if args.action == "webhook":
         print(f"receiver saw {len(http.received('/bench'))} requests")
 

@@ -256,6 +256,10 @@ SCHEDULER_INBOUND_EMAIL_MAX_RECIPIENTS = env_int("SCHEDULER_INBOUND_EMAIL_MAX_RE
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "localfs://"
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "django-db")
 CELERY_RESULT_EXTENDED = True
+# The runs of scheduled tasks are recorded in their execution history; a Celery result row
+# per run (django-celery-results' "Task results") repeats it and costs a write per run.
+# True stores those rows as well.
+SCHEDULER_CELERY_RESULTS = env_bool("SCHEDULER_CELERY_RESULTS", False)
 CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 CELERY_TASK_SERIALIZER = "json"
@@ -276,7 +280,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = max(
 # ledger has started_at, and Flower learns of the start from the task-started event.
 CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Task events cost the worker about a third of its throughput; a worker sends them while
+# a monitor asks for them: Flower turns them on in every worker every 5 s.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "tasks_app.beat:Scheduler"

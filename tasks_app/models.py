@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -287,6 +288,39 @@ class ScheduledTask(models.Model):
             self.action = sealed.seal(self.action, stored)
         with transaction.atomic(using=kwargs.get("using")):
             super().save(*args, **kwargs)
+
+
+class ListAppend(models.Func):
+    """``column`` with ``items`` appended, computed by the database in the UPDATE itself,
+    so a writer never needs to read the list first (nor overwrites entries written
+    meanwhile). PostgreSQL (jsonb) and SQLite (JSON text) only."""
+
+    output_field = models.JSONField()
+
+    def __init__(self, column: str, items: list[Any]) -> None:
+        super().__init__(models.F(column))
+        self.items = items
+
+    def as_postgresql(
+        self, compiler: Any, connection: Any, **_: Any
+    ) -> tuple[str, tuple[Any, ...]]:
+        column, params = compiler.compile(self.source_expressions[0])
+        return f"(COALESCE({column}, '[]'::jsonb) || %s::jsonb)", (
+            *params,
+            json.dumps(self.items),
+        )
+
+    def as_sqlite(self, compiler: Any, connection: Any, **_: Any) -> tuple[str, tuple[Any, ...]]:
+        column, params = compiler.compile(self.source_expressions[0])
+        # Each '$[#]' path appends at the array's end; the edits apply left to right.
+        appends = "".join(", '$[#]', json(%s)" for _ in self.items)
+        return f"json_insert(COALESCE({column}, '[]'){appends})", (
+            *params,
+            *(json.dumps(item) for item in self.items),
+        )
+
+    def as_sql(self, compiler: Any, connection: Any, *_: Any, **__: Any) -> Any:
+        raise NotImplementedError(f"ListAppend does not support {connection.vendor}")
 
 
 class TaskExecution(models.Model):

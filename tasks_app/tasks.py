@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Task, shared_task, signals
 from celery.exceptions import Ignore, TimeLimitExceeded
+from django.conf import settings
 from django.db import close_old_connections
 
 from .conf import (
@@ -55,13 +56,15 @@ class RunTask(Task):
 
 #: Runs of executions and of chain steps: acknowledged when done and requeued if the
 #: worker is lost (the claim makes a second delivery harmless); Celery retries unbounded
-#: (the RetryPolicy decides when to stop).
+#: (the RetryPolicy decides when to stop). The execution history is their record; a
+#: Celery result row only when SCHEDULER_CELERY_RESULTS asks for it.
 RUN_OPTIONS: dict[str, Any] = {
     "bind": True,
     "base": RunTask,
     "acks_late": True,
     "reject_on_worker_lost": True,
     "max_retries": None,
+    "ignore_result": not settings.SCHEDULER_CELERY_RESULTS,
 }
 
 

@@ -29,7 +29,7 @@ from tasks_app.models import (
 )
 from tasks_app.services import dispatch, executions, recovery
 from tasks_app.services.definitions import task_create, task_pause, task_resume, task_update
-from tasks_app.tasks import run_task
+from tasks_app.tasks import run_step, run_task
 from tests.broker import published
 from tests.http_receiver import Receiver, Reply
 
@@ -342,6 +342,49 @@ def test_live_holder_on_another_host_blocks(user: Any, conf: Any) -> None:
     )
 
 
+def test_a_claim_that_loses_the_race_after_its_read_is_judged_under_the_lock(
+    user: Any, conf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual claim reads the row, then sets it only if it is still as read: another
+    worker taking the attempt in between wins, and this delivery is then refused."""
+    execution = queued(webhook_task(user, "https://example.com/x"))
+    entry = executions.log_entry
+
+    def rival_claims_first(message: str, level: str = "info") -> dict[str, str]:
+        monkeypatch.setattr(executions, "log_entry", entry)
+        assert claim(execution, 1, "elsewhere.example:7") is not None
+        return entry(message, level)
+
+    monkeypatch.setattr(executions, "log_entry", rival_claims_first)
+    assert claim(execution, 1, "b:1") is None
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.worker, stored.deliveries) == ("elsewhere.example:7", 1)
+    assert messages_of(stored) == ["attempt 1 started on elsewhere.example:7"]
+
+
+def test_the_outcome_appends_to_the_logs_in_the_database(user: Any, hook: Receiver) -> None:
+    """Neither the claim nor the outcome rewrites the log list from memory: lines written
+    meanwhile are kept, in order."""
+    task = webhook_task(user, f"{hook.url}/hook")
+    execution = queued(task, logs=[executions.log_entry("queued by a test")])
+    claimed = claim(execution, 1, "a:1")
+    assert claimed is not None
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        logs=[*stored.logs, executions.log_entry("written meanwhile")]
+    )
+    assert executions.execution_run(execution=claimed).status == ExecutionStatus.COMPLETED
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert messages_of(stored) == [
+        "queued by a test",
+        "attempt 1 started on a:1",
+        "written meanwhile",
+        f"POST {hook.url}/hook",
+        "answered 200 (12 bytes)",
+    ]
+    assert stored.status == ExecutionStatus.COMPLETED
+
+
 def test_gives_up_after_max_deliveries(user: Any, conf: Any) -> None:
     task = webhook_task(user, "https://example.com/x", type="one-time")
     execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)
@@ -430,6 +473,28 @@ def test_run_task_records_a_completed_webhook(user: Any, hook: Receiver) -> None
     assert len(hook.received("/hook")) == 1
     task.refresh_from_db()
     assert task.run_count == 1
+
+
+def test_runs_store_a_celery_result_only_when_asked() -> None:
+    """The execution history records every run; SCHEDULER_CELERY_RESULTS=true also keeps
+    django-celery-results' row per run (the decision is made when the tasks are defined)."""
+    assert run_task.ignore_result and run_step.ignore_result
+    code = (
+        "import django; django.setup()\n"
+        "from tasks_app.tasks import run_task, run_step\n"
+        "print(run_task.ignore_result, run_step.ignore_result)"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "scheduler_project.settings"}
+    for value, expected in (("true", "False False"), ("", "True True")):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, "SCHEDULER_CELERY_RESULTS": value},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert done.stdout.split()[-2:] == expected.split(), done.stderr
 
 
 def test_beat_message_runs_the_occurrence_once(user: Any, hook: Receiver) -> None:

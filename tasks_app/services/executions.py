@@ -39,6 +39,7 @@ from ..models import (
     ActionType,
     ExecutionStatus,
     ExecutionTrigger,
+    ListAppend,
     MisfirePolicy,
     OverlapPolicy,
     ScheduledTask,
@@ -155,7 +156,41 @@ def holder_is_dead(execution: TaskExecution, now: datetime) -> bool:
 
 
 def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExecution | None:
-    """Take the execution for ``attempt``; None when this delivery must not run it."""
+    """Take the execution for ``attempt``; None when this delivery must not run it.
+
+    The usual case, the attempt that is due, is one read and one compare-and-set UPDATE
+    (no transaction, no lock). Anything else, a duplicate or a takeover from a holder
+    that may be dead, is judged under the row's lock."""
+    execution = TaskExecution.objects.select_related("task").filter(pk=execution_id).first()
+    if execution is None or execution.is_finished or execution.current_step is not None:
+        return None
+    if execution.status in WAITING and attempt == execution.attempt + 1:
+        now = timezone.now()
+        entry = log_entry(f"attempt {attempt} started on {worker}")
+        taken = {
+            "status": ExecutionStatus.RUNNING,
+            "attempt": attempt,
+            "worker": worker,
+            "started_at": now,
+            "next_attempt_at": None,
+            "lease_expires_at": now + timedelta(seconds=scheduler_settings().lease_seconds),
+            "deliveries": 1,
+        }
+        won = TaskExecution.objects.filter(
+            pk=execution.pk,
+            status=execution.status,
+            attempt=execution.attempt,
+            current_step__isnull=True,
+        ).update(**taken, logs=ListAppend("logs", [entry]))
+        if won:
+            for field, value in taken.items():
+                setattr(execution, field, value)
+            execution.logs.append(entry)
+            return execution
+    return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker)
+
+
+def _claim_locked(*, execution_id: str, attempt: int, worker: str) -> TaskExecution | None:
     conf = scheduler_settings()
     now = timezone.now()
     with transaction.atomic():
@@ -384,61 +419,92 @@ def _write_outcome(
     usage: tuple[int, int] = (0, 0),
 ) -> Outcome:
     now = timezone.now()
+    row = _terminal_fields(status=status, now=now, result=result, error=error)
+    row["duration_ms"] = int((time.monotonic() - started) * 1000)
+    if retry_in is not None:
+        row["next_attempt_at"] = now + timedelta(seconds=retry_in)
     with transaction.atomic():
-        current = (
-            TaskExecution.objects.select_for_update()
-            .select_related("task")
-            .filter(
-                pk=execution.pk,
-                status=ExecutionStatus.RUNNING,
-                attempt=execution.attempt,
-                worker=execution.worker,
-            )
-            .first()
+        # Compare-and-set: only the holder of this attempt records its outcome.
+        won = TaskExecution.objects.filter(
+            pk=execution.pk,
+            status=ExecutionStatus.RUNNING,
+            attempt=execution.attempt,
+            worker=execution.worker,
+        ).update(
+            **row,
+            input_tokens=F("input_tokens") + usage[0],
+            output_tokens=F("output_tokens") + usage[1],
+            logs=ListAppend("logs", logs),
         )
-        if current is None:
+        if not won:
             logger.warning(
                 "execution %s was taken over; dropping this attempt's outcome", execution.pk
             )
             return Outcome(status="superseded")
-        current.logs.extend(logs)
-        current.input_tokens += usage[0]
-        current.output_tokens += usage[1]
-        current.duration_ms = int((time.monotonic() - started) * 1000)
-        if retry_in is not None:
-            current.next_attempt_at = now + timedelta(seconds=retry_in)
-        _finish(current, status=status, now=now, result=result, error=error)
+        for field, value in row.items():
+            setattr(execution, field, value)
+        execution.logs.extend(logs)
+        execution.input_tokens += usage[0]
+        execution.output_tokens += usage[1]
+        _after_finish(execution, status)
     return Outcome(status=status, retry_in=retry_in)
+
+
+def _terminal_fields(
+    *, status: str, now: datetime, result: Any = None, error: str = ""
+) -> dict[str, Any]:
+    """The columns a terminal or retrying state writes."""
+    row: dict[str, Any] = {
+        "status": status,
+        "result": storable(result),
+        "error": storable_text(error),
+        "lease_expires_at": None,
+    }
+    if status != ExecutionStatus.RETRYING:
+        row["completed_at"] = now
+    return row
 
 
 def _finish(
     execution: TaskExecution, *, status: str, now: datetime, result: Any = None, error: str = ""
 ) -> None:
-    """Write a terminal or retrying state; terminal states update the task's counters."""
-    execution.status = status
-    execution.result = storable(result)
-    execution.error = storable_text(error)
-    execution.lease_expires_at = None
-    if status != ExecutionStatus.RETRYING:
-        execution.completed_at = now
+    """Write a terminal or retrying state on a locked execution, then what follows it."""
+    for field, value in _terminal_fields(
+        status=status, now=now, result=result, error=error
+    ).items():
+        setattr(execution, field, value)
     execution.save()
-    if status != ExecutionStatus.RETRYING and _may_hold(execution.task):
-        from .occurrences import waiting_release
+    _after_finish(execution, status)
 
-        waiting_release(task_id=execution.task_id)  # overlapPolicy queue, catch-up
+
+def _after_finish(execution: TaskExecution, status: str) -> None:
+    """What a recorded state sets off: the task.completed / task.failed events, then, under
+    the task's row lock and on its fresh row (it may have been edited, paused or
+    rescheduled meanwhile): the task's counters, notifications, held runs released. The
+    lock is taken last and held briefly: runs of one task finish one after another."""
+    if status == ExecutionStatus.RETRYING:
+        return  # the run is not over
     if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
-        _record_on_task(execution.task, execution, status)
-        _notify_after_commit(execution, status)
         from .triggers import system_event_emit
 
         system_event_emit(execution=execution, status=status)
+    task = ScheduledTask.objects.select_for_update().filter(pk=execution.task_id).first()
+    if task is None:
+        return  # deleted meanwhile: its executions went with it
+    execution.task = task
+    if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+        _record_on_task(task, execution, status)
+        _notify_after_commit(execution, status)
     elif status == ExecutionStatus.SKIPPED and _is_the_one_time_occurrence(execution):
         # A one-time task whose single occurrence was skipped (a condition did not hold)
         # will never run: it is done, not "active" forever with no next run.
-        task = execution.task
         task.status = TaskStatus.COMPLETED
         task.save(update_fields=["status", "updated_at"])
         ScheduledTask.objects.filter(pk=task.pk).update(next_run=None)
+    if _may_hold(task):
+        from .occurrences import waiting_release
+
+        waiting_release(task_id=task.pk)  # overlapPolicy queue, catch-up
 
 
 def _may_hold(task: ScheduledTask) -> bool:

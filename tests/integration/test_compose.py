@@ -7,12 +7,14 @@ from __future__ import annotations
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from tasks_app.conf import RUN_TASK_NAME
 from tests.http_receiver import Receiver
 from tests.integration.conftest import create_tasks, make_stack
 from tests.integration.stack import ROOT, Stack, compose_services, free_port, wait_until
@@ -144,3 +146,38 @@ def test_mail_to_a_tasks_address_runs_it_with_the_subject(
         (compose_stack.id_param(task_id),),
     )
     assert [row[:2] for row in rows] == [("email", "Order 42 shipped")]
+
+
+def test_flower_lists_runs_though_workers_start_without_task_events(compose_stack: Stack) -> None:
+    """Workers send task events only while a monitor asks for them
+    (CELERY_WORKER_SEND_TASK_EVENTS is off by default): Flower asks every 5 s, so the runs
+    show up in Flower all the same."""
+    [task_id] = create_tasks(
+        compose_stack,
+        {
+            "name": "seen by flower",
+            "type": "trigger",
+            "trigger": {"type": "event", "config": {"event": "flower-check"}},
+            "action": {"type": "file-operation", "operation": "list"},
+        },
+    )
+    flower = f"http://127.0.0.1:{compose_stack.flower_port}"
+    assert compose_stack.wait_http(f"{flower}/healthcheck", timeout=40) == 200
+    run_now = (
+        "from tasks_app.models import ScheduledTask\n"
+        "from tasks_app.services.dispatch import task_run_now\n"
+        f"result = str(task_run_now(task=ScheduledTask.objects.get(pk={task_id!r})).pk)"
+    )
+
+    def listed() -> bool:
+        execution_id = compose_stack.orm(run_now)
+        time.sleep(3)
+        tasks = requests.get(f"{flower}/api/tasks", auth=("ops", "secret-pass"), timeout=10).json()
+        return any(
+            info.get("name") == RUN_TASK_NAME
+            and execution_id in str(info.get("kwargs"))
+            and info.get("state") == "SUCCESS"
+            for info in tasks.values()
+        )
+
+    wait_until(listed, 90, interval=0.5, message=compose_stack.log_tail())
