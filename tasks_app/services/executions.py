@@ -478,21 +478,25 @@ def _finish(
 
 
 def _after_finish(execution: TaskExecution, status: str) -> None:
-    """What a recorded state sets off: the task.completed / task.failed events, then, under
-    the task's row lock and on its fresh row (it may have been edited, paused or
-    rescheduled meanwhile): the task's counters, notifications, held runs released. The
-    lock is taken last and held briefly: runs of one task finish one after another."""
+    """What a recorded state sets off: the task.completed / task.failed events, the task's
+    counters, notifications, held runs released. A run goes by the definition it started
+    with (notifications and policies included); only a one-time task is read again, under
+    its lock, since its status follows its one occurrence and it may have been paused or
+    rescheduled meanwhile. The task's row is locked last and briefly."""
     if status == ExecutionStatus.RETRYING:
         return  # the run is not over
-    if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+    done = status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
+    if done:
         from .triggers import system_event_emit
 
         system_event_emit(execution=execution, status=status)
-    task = ScheduledTask.objects.select_for_update().filter(pk=execution.task_id).first()
-    if task is None:
-        return  # deleted meanwhile: its executions went with it
-    execution.task = task
-    if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+    task = execution.task
+    if task.type == TaskType.ONE_TIME:
+        fresh = ScheduledTask.objects.select_for_update().filter(pk=task.pk).first()
+        if fresh is None:
+            return  # deleted meanwhile: its executions went with it
+        execution.task = task = fresh
+    if done:
         _record_on_task(task, execution, status)
         _notify_after_commit(execution, status)
     elif status == ExecutionStatus.SKIPPED and _is_the_one_time_occurrence(execution):
@@ -538,13 +542,15 @@ def _notify_after_commit(execution: TaskExecution, status: str) -> None:
 
 
 def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) -> None:
+    """The task's counters: one UPDATE, in SQL, so no run's count is lost. A recurring
+    task's ``next_run`` is moved by its fires and edits, a trigger task has none; a
+    one-time task's (read fresh by the caller) follows its status."""
     from .schedules import compute_next_run
 
-    ScheduledTask.objects.filter(pk=task.pk).update(
-        last_run=execution.started_at,
-        run_count=F("run_count") + 1,
-        next_run=compute_next_run(task),
-    )
+    counters: dict[str, Any] = {"last_run": execution.started_at, "run_count": F("run_count") + 1}
+    if task.type == TaskType.ONE_TIME:
+        counters["next_run"] = compute_next_run(task)
+    ScheduledTask.objects.filter(pk=task.pk).update(**counters)
     # Its one occurrence ran, so the task is finished even if paused meanwhile; but a
     # task rescheduled while this attempt ran keeps its new time.
     one_time_done = (
