@@ -186,6 +186,9 @@ class Message:
     options: dict[str, Any]
 
 
+#: marks a row the watcher hands over because a schedule it uses may have changed
+_RETAKE = "_retake"
+
 _ROW_FIELDS = (
     "id",
     "name",
@@ -552,13 +555,17 @@ class Scheduler(DatabaseScheduler):
 
     def _toggled(self, seen: set[int]) -> list[dict[str, Any]]:
         """The enabled rows of other tasks, when django-celery-beat's change marker moved:
-        its admin actions enable rows with a bulk update that leaves date_changed alone."""
+        its admin actions enable rows with a bulk update that leaves date_changed alone,
+        and an edited interval, crontab, solar or clocked schedule moves only the marker
+        (so these rows are taken in again even with their date_changed as it was)."""
         marker = self.Changes.last_change()
         moved, self._marker = marker != self._marker, marker
         if not moved:
             return []
         others = self.Model.objects.filter(enabled=True).exclude(task=RUN_TASK_NAME)
-        return [row for row in others.values(*_ROW_FIELDS) if row["id"] not in seen]
+        return [
+            {**row, _RETAKE: True} for row in others.values(*_ROW_FIELDS) if row["id"] not in seen
+        ]
 
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         """Take in changed rows (in the scheduler's thread)."""
@@ -567,7 +574,7 @@ class Scheduler(DatabaseScheduler):
             pk = row["id"]
             generic = self._generic.get(pk)
             held = self._slots.changed(pk) if generic is None else generic.model.date_changed
-            if held == row["date_changed"]:
+            if held == row["date_changed"] and not (generic is not None and row.get(_RETAKE)):
                 continue  # seen already (the look-back reads it again)
             if held is None and not row["enabled"]:
                 continue

@@ -311,6 +311,21 @@ def test_an_entry_enabled_by_the_admins_bulk_action_is_taken_in(beat: Scheduler)
     assert "job" in beat.schedule
 
 
+def test_an_edited_interval_of_another_job_is_taken_in(beat: Scheduler) -> None:
+    """Saving an IntervalSchedule (the admin's form) moves only django-celery-beat's change
+    marker; the job's row keeps its date_changed."""
+    every = IntervalSchedule.objects.create(every=3600, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="job", task="celery.ping", interval=every)
+    beat._load()
+    assert beat.schedule["job"].schedule.run_every == timedelta(hours=1)
+    every.every = 30
+    every.save()
+    changes(beat)
+    assert beat.schedule["job"].schedule.run_every == timedelta(seconds=30)
+    changes(beat)  # nothing moved since: the entry is kept as it is
+    assert beat.schedule["job"].schedule.run_every == timedelta(seconds=30)
+
+
 def test_pause_removes_the_slot_and_a_new_task_adds_one(beat: Scheduler, owner: Any) -> None:
     paused = make_task(owner, cron="0 9 * * *")
     beat._load()
