@@ -36,6 +36,43 @@ def status_kib(field: str) -> int:
     return -1
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time these processes have used (Linux /proc); gone ones count 0."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a Celery worker and its pool)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [pid, *(int(child) for child in children.read().split())]
+    except OSError:
+        return [pid]
+
+
+def service_pids() -> list[int]:
+    """The PostgreSQL and Redis server processes on this machine."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/comm") as comm:
+                    name = comm.read().strip()
+            except OSError:
+                continue
+            if name.startswith(("postgres", "redis-server")):
+                found.append(int(entry.name))
+    return found
+
+
 def admin_sql(sql: str) -> None:
     import psycopg
 

@@ -32,10 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.data import cpu_seconds, process_tree, service_pids
 from tests.http_receiver import Receiver
 from tests.integration.stack import Stack, procfile_commands, wait_until
 
@@ -93,7 +95,7 @@ def _wait_ready(log: Path, timeout: float = 60) -> None:
 
 def bare_celery(
     stack: Stack, tmp: Path, n: int, k: int, concurrency: int, kind: str = "noop"
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Phase 1: the same broker, a no-op task (or the floor task), the same worker
     settings."""
     broker = stack.env["CELERY_BROKER_URL"]
@@ -133,7 +135,10 @@ def bare_celery(
     from bench.celery_baseline import stamps
 
     try:
+        _wait_ready(log)
+        cpu = _CpuMeter(worker.pid, lambda: len(stamps(stamps_dir)))
         wait_until(lambda: len(stamps(stamps_dir)) >= n, timeout=n, interval=0.1)
+        cpu_ms = cpu.per_run_ms()
         # Latency on an idle worker: K messages sent one at a time, 20 ms apart.
         subprocess.run(
             [sys.executable, "-c", _PUBLISH_BARE, str(k), "0.02", kind],
@@ -154,7 +159,45 @@ def bare_celery(
         "drain": n / span,
         "latency_p50": _p([(start - sent) * 1000 for sent, start, _ in paced], 50),
         "run_p50": _p([(end - start) * 1000 for _, start, end in backlog], 50),
+        "cpu_ms": cpu_ms,
     }
+
+
+class _CpuMeter:
+    """CPU time of the worker (main process, pool), PostgreSQL and Redis from now on, per
+    run finished meanwhile: steadier than rates on a machine whose neighbours vary."""
+
+    def __init__(self, worker_pid: int, finished: Callable[[], int]) -> None:
+        self.worker_pid, self.finished = worker_pid, finished
+        self.start = {name: cpu_seconds(pids) for name, pids in self._groups().items()}
+        self.done = finished()
+
+    def _groups(self) -> dict[str, list[int]]:
+        pool = process_tree(self.worker_pid)[1:]
+        services = service_pids()
+        return {
+            "worker main": [self.worker_pid],
+            "pool": pool,
+            "postgres": [pid for pid in services if _comm(pid).startswith("postgres")],
+            "redis": [pid for pid in services if _comm(pid).startswith("redis")],
+        }
+
+    def per_run_ms(self) -> dict[str, float]:
+        """Milliseconds per run by process group, and ``total``."""
+        runs = max(self.finished() - self.done, 1)
+        spent = {
+            name: (cpu_seconds(pids) - self.start.get(name, 0.0)) * 1000 / runs
+            for name, pids in self._groups().items()
+        }
+        return {**spent, "total": sum(spent.values())}
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
 
 
 _PUBLISH_BARE = """
@@ -176,6 +219,9 @@ def ours(stack: Stack, tmp: Path, n: int, k: int, action: str, url: str) -> dict
     sql = "SELECT COUNT(*) FROM task_executions WHERE task_id = ? AND status = 'completed'"
     _wait_ready(stack.logs["worker"])
     began = time.monotonic()
+    cpu = _CpuMeter(
+        stack.processes["worker"].pid, lambda: stack.query(sql, (stack.id_param(bench_id),))[0][0]
+    )
     wait_until(
         lambda: stack.query(sql, (stack.id_param(bench_id),))[0][0] >= n,
         timeout=n * 2,
@@ -183,6 +229,7 @@ def ours(stack: Stack, tmp: Path, n: int, k: int, action: str, url: str) -> dict
         message=f"ours: not all {n} executions completed",
     )
     wall = time.monotonic() - began
+    cpu_ms = cpu.per_run_ms()
     stack.orm(PUBLISH.format(task_id=latency_id, n=k - 1, pause=0.05))
     wait_until(
         lambda: stack.query(sql, (stack.id_param(latency_id),))[0][0] >= k,
@@ -204,7 +251,13 @@ def ours(stack: Stack, tmp: Path, n: int, k: int, action: str, url: str) -> dict
         "latency_p50": _p([(_ts(s) - _ts(q)).total_seconds() * 1000 for q, s, _, _ in paced], 50),
         "run_p50": _p([(_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c, _ in backlog], 50),
         "run_p99": _p([(_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c, _ in backlog], 99),
+        "cpu_ms": cpu_ms,
     }
+
+
+def _cpu(spent: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in spent.items() if name != "total")
+    return f"{spent['total']:.2f} ms/run ({parts})"
 
 
 def main() -> None:
@@ -236,6 +289,7 @@ def main() -> None:
         finally:
             stack.stop()
     events = "on" if args.events else "off"
+    cores = os.cpu_count() or 1
     print(
         f"mode={args.mode} n={args.n} k={args.k} worker: prefork concurrency={args.concurrency} "
         f"prefetch 1, acks late, task events {events}"
@@ -245,7 +299,7 @@ def main() -> None:
         print(
             f"  enqueue {bare['enqueue']:.0f}/s  drain {bare['drain']:.0f}/s  "
             f"send->start p50 {bare['latency_p50']:.1f} ms (idle worker)  "
-            f"run p50 {bare['run_p50']:.2f} ms"
+            f"run p50 {bare['run_p50']:.2f} ms  CPU {_cpu(bare['cpu_ms'])}"
         )
     if floor and bare:
         print(
@@ -253,6 +307,7 @@ def main() -> None:
         )
         print(
             f"  drain {floor['drain']:.0f}/s = {floor['drain'] / bare['drain']:.1%} of bare Celery"
+            f"  CPU {_cpu(floor['cpu_ms'])}"
         )
     print(f"ours ({action}; full records):")
     print(
@@ -261,6 +316,10 @@ def main() -> None:
         f"queued->started p50 {mine['latency_p50']:.1f} ms (idle worker)"
     )
     print(f"  claim->recorded p50 {mine['run_p50']:.1f} ms  p99 {mine['run_p99']:.1f} ms")
+    print(
+        f"  CPU {_cpu(mine['cpu_ms'])}; {cores * 1000 / mine['cpu_ms']['total']:.0f}/s "
+        f"would fill the {cores} cores"
+    )
     if bare:
         print(
             f"ratio ours/bare: drain {mine['drain'] / bare['drain']:.1%}  "

@@ -154,6 +154,10 @@ class ScheduledTask(models.Model):
     timezone = models.CharField(max_length=64, default="UTC", help_text="IANA timezone name")
     run_at = models.DateTimeField(null=True, blank=True, help_text="When a one-time task runs")
     trigger = models.JSONField(null=True, blank=True, help_text='{"type": "webhook", "config": {}}')
+    #: The event an event-triggered task listens to ("" otherwise), kept from ``trigger`` by
+    #: save(): what an emitted event (and every finished run's task.completed / task.failed)
+    #: looks up, by index.
+    listens_for = models.CharField(max_length=100, blank=True, default="", editable=False)
     action = models.JSONField()
     conditions = models.JSONField(default=list, blank=True)
     retry_policy = models.JSONField(default=dict, blank=True)
@@ -214,6 +218,12 @@ class ScheduledTask(models.Model):
                 name="scheduled_owner_grace",
             ),
             models.Index(fields=["status", "next_run"], name="scheduled_status_next_run"),
+            # event_emit: an owner's tasks listening to one event
+            models.Index(
+                fields=["owner", "listens_for"],
+                condition=~Q(listens_for=""),
+                name="scheduled_owner_listens_for",
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -276,6 +286,10 @@ class ScheduledTask(models.Model):
             ]
         if update_fields is None or DEFINITION_FIELDS & set(update_fields):
             validate_task(self)
+        if update_fields is None or {"trigger", "type"} & set(update_fields):
+            self.listens_for = listened_event(self.type, self.trigger)
+            if update_fields is not None:
+                kwargs["update_fields"] = [*update_fields, "listens_for"]
         if (update_fields is None or "action" in update_fields) and sealed.has_secrets(self.action):
             stored = None
             if not self._state.adding and sealed.MASK in str(self.action):
@@ -288,6 +302,15 @@ class ScheduledTask(models.Model):
             self.action = sealed.seal(self.action, stored)
         with transaction.atomic(using=kwargs.get("using")):
             super().save(*args, **kwargs)
+
+
+def listened_event(task_type: str, trigger: Any) -> str:
+    """The event name a task of this type and trigger listens to, or ""."""
+    if task_type != TaskType.TRIGGER or not isinstance(trigger, dict):
+        return ""
+    config = trigger.get("config")
+    event = config.get("event") if isinstance(config, dict) else None
+    return event if trigger.get("type") == TriggerType.EVENT and isinstance(event, str) else ""
 
 
 class ListAppend(models.Func):

@@ -3,6 +3,7 @@ revocation, caps), custom and system events, and loop protection."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -331,6 +332,52 @@ def test_custom_event_runs_every_matching_task_of_the_caller(
     assert {str(e.task_id) for e in started} == {first["id"], second["id"]}
     assert all(e.trigger == "event" and e.payload == {"id": 7} for e in started)
     assert not TaskExecution.objects.filter(task_id__in=[unrelated["id"], theirs.pk]).exists()
+
+
+def test_listeners_follow_edits_of_their_trigger(api: APIClient) -> None:
+    """The event a task listens to is kept beside its trigger (indexed), whoever changes
+    the trigger: the API, a plain save with update_fields, a change of type."""
+    task = event_task(api, "order.created")
+
+    def listeners(event: str) -> list[str]:
+        emitted = api.post("/api/events", {"event": event}, format="json")
+        assert emitted.status_code == 202, emitted.json()
+        return [
+            str(e.task_id)
+            for e in TaskExecution.objects.filter(pk__in=emitted.json()["executionIds"])
+        ]
+
+    assert listeners("order.created") == [task["id"]]
+    edited = api.patch(
+        f"/api/tasks/{task['id']}",
+        {"trigger": {"type": "event", "config": {"event": "order.paid"}}},
+        format="json",
+    )
+    assert edited.status_code == 200, edited.json()
+    assert listeners("order.created") == []
+    assert listeners("order.paid") == [task["id"]]
+    row = ScheduledTask.objects.get(pk=task["id"])
+    row.trigger = {"type": "event", "config": {"event": "order.shipped"}}
+    row.save(update_fields=["trigger"])
+    assert listeners("order.paid") == [] and listeners("order.shipped") == [task["id"]]
+    row.trigger = {"type": "webhook", "config": {}}
+    row.save(update_fields=["trigger"])
+    assert ScheduledTask.objects.get(pk=task["id"]).listens_for == ""
+    assert listeners("order.shipped") == []
+
+
+def test_the_migration_fills_in_what_existing_tasks_listen_to(api: APIClient) -> None:
+    from django.apps import apps
+
+    migration = importlib.import_module("tasks_app.migrations.0011_listens_for")
+    listener, hook = event_task(api, "order.created"), trigger_task(api)
+    ScheduledTask.objects.update(listens_for="")  # as rows were before the column
+    migration.fill(apps, None)
+    stored = dict(ScheduledTask.objects.values_list("id", "listens_for"))
+    assert {str(pk): event for pk, event in stored.items()} == {
+        listener["id"]: "order.created",
+        hook["id"]: "",
+    }
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,7 @@ from ..models import (
     ScheduledTask,
     TaskExecution,
     TaskStatus,
-    TaskType,
     TaskWebhook,
-    TriggerType,
     WebhookDelivery,
 )
 from .dispatch import execution_publish
@@ -244,14 +242,12 @@ def event_emit(
 ) -> list[TaskExecution]:
     """Run every active task of the owner whose trigger is the event ``name``."""
     tasks = ScheduledTask.objects.filter(
-        owner_id=owner_id,
-        type=TaskType.TRIGGER,
-        status=TaskStatus.ACTIVE,
-        trigger__type=TriggerType.EVENT,
-        trigger__config__event=name,
-    ).order_by("created_at")
+        owner_id=owner_id, listens_for=name, status=TaskStatus.ACTIVE
+    )
+    if not tasks.exists():  # the usual answer, and a much smaller query than the rows
+        return []
     started = []
-    for task in tasks:
+    for task in tasks.order_by("created_at"):
         if source_task_id is not None and task.pk == source_task_id:
             continue  # a task never triggers itself through its own outcome
         wanted_source = (task.trigger or {}).get("config", {}).get("taskId")
