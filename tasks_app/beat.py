@@ -186,8 +186,24 @@ class Message:
     options: dict[str, Any]
 
 
-#: marks a row the watcher hands over because a schedule it uses may have changed
+#: marks a row the watcher hands over because the schedule it uses has changed
 _RETAKE = "_retake"
+#: the values of other jobs' schedules (an edit of a shared schedule row moves only
+#: django-celery-beat's change marker, not the job's date_changed)
+_SCHEDULE_FIELDS = (
+    "interval__every",
+    "interval__period",
+    "solar__event",
+    "solar__latitude",
+    "solar__longitude",
+    "crontab__minute",
+    "crontab__hour",
+    "crontab__day_of_month",
+    "crontab__month_of_year",
+    "crontab__day_of_week",
+    "crontab__timezone",
+    "clocked__clocked_time",
+)
 
 _ROW_FIELDS = (
     "id",
@@ -256,6 +272,7 @@ class Scheduler(DatabaseScheduler):
         self._watermark: datetime | None = None
         self._delivered: dict[int, datetime] = {}  # rows in the look-back, handed over
         self._marker: datetime | None = None  # django-celery-beat's PeriodicTasks stamp
+        self._schedules: dict[int, tuple[Any, ...]] = {}  # other rows' schedules (watcher)
         self._changes: queue.SimpleQueue[list[dict[str, Any]]] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -293,6 +310,7 @@ class Scheduler(DatabaseScheduler):
         newest = None
         recent = timezone.now() - self.lookback
         self._marker = self.Changes.last_change()
+        self._schedules = {row["id"]: _schedule_of(row) for row in self._other_rows()}
         rows = self.Model.objects.filter(enabled=True).values(*_ROW_FIELDS)
         for row in rows.iterator(chunk_size=2000):
             changed = row["date_changed"]
@@ -331,7 +349,7 @@ class Scheduler(DatabaseScheduler):
         pk = row["id"]
         before = self._slots.due(pk)  # its live heap item's time, if it has one
         self._slots.pop(pk)
-        self._generic.pop(pk, None)
+        previous = self._generic.pop(pk, None)
         if not row["enabled"]:
             return
         task_id = _our_task_id(row)
@@ -346,6 +364,13 @@ class Scheduler(DatabaseScheduler):
                     entry = self.Entry(model, app=self.app)
                 except ValueError:
                     return
+                if (
+                    previous is not None
+                    and previous.last_run_at
+                    and (entry.last_run_at is None or previous.last_run_at > entry.last_run_at)
+                ):
+                    # its last run may not have been written back yet: never run it again
+                    entry.last_run_at = entry.model.last_run_at = previous.last_run_at
                 self._generic[pk] = entry
                 self._generic_due[pk] = now
                 push(self._heap, (now, -pk))
@@ -562,10 +587,20 @@ class Scheduler(DatabaseScheduler):
         moved, self._marker = marker != self._marker, marker
         if not moved:
             return []
+        rows = []
+        for row in self._other_rows():
+            schedule = _schedule_of(row)
+            if self._schedules.get(row["id"]) != schedule:
+                self._schedules[row["id"]] = schedule
+                row[_RETAKE] = True
+            if row["id"] not in seen:
+                rows.append(row)
+        return rows
+
+    def _other_rows(self) -> list[dict[str, Any]]:
+        """The enabled rows of other tasks, with the values of their schedules."""
         others = self.Model.objects.filter(enabled=True).exclude(task=RUN_TASK_NAME)
-        return [
-            {**row, _RETAKE: True} for row in others.values(*_ROW_FIELDS) if row["id"] not in seen
-        ]
+        return list(others.values(*_ROW_FIELDS, *_SCHEDULE_FIELDS))
 
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         """Take in changed rows (in the scheduler's thread)."""
@@ -749,6 +784,10 @@ class Scheduler(DatabaseScheduler):
             message = Message(entry.name, entry.task, entry.args, run_kwargs, options)
             result = super().apply_async(message, producer, advance=False, **kwargs)
         return result
+
+
+def _schedule_of(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(field) for field in _SCHEDULE_FIELDS)
 
 
 def _our_task_id(row: dict[str, Any]) -> str | None:

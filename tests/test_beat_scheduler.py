@@ -318,12 +318,17 @@ def test_an_edited_interval_of_another_job_is_taken_in(beat: Scheduler) -> None:
     PeriodicTask.objects.create(name="job", task="celery.ping", interval=every)
     beat._load()
     assert beat.schedule["job"].schedule.run_every == timedelta(hours=1)
+    ran = timezone.now()
+    beat.schedule["job"].last_run_at = ran  # run, not yet written back to its row
+    kept = beat.schedule["job"]
+    PeriodicTasks.update_changed()  # any other change (an edit of one of our tasks)
+    changes(beat)
+    assert beat.schedule["job"] is kept  # its schedule did not change: left as it is
     every.every = 30
     every.save()
     changes(beat)
     assert beat.schedule["job"].schedule.run_every == timedelta(seconds=30)
-    changes(beat)  # nothing moved since: the entry is kept as it is
-    assert beat.schedule["job"].schedule.run_every == timedelta(seconds=30)
+    assert beat.schedule["job"].last_run_at == ran  # never run again for the edit
 
 
 def test_pause_removes_the_slot_and_a_new_task_adds_one(beat: Scheduler, owner: Any) -> None:
