@@ -161,6 +161,7 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
     The usual case, the attempt that is due, is one read and one compare-and-set UPDATE
     (no transaction, no lock). Anything else, a duplicate or a takeover from a holder
     that may be dead, is judged under the row's lock."""
+    now = timezone.now()  # the attempt starts as the worker takes it up
     try:
         execution = TaskExecution.objects.select_related("task").get(pk=execution_id)
     except TaskExecution.DoesNotExist:
@@ -168,7 +169,6 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
     if execution.is_finished or execution.current_step is not None:
         return None
     if execution.status in WAITING and attempt == execution.attempt + 1:
-        now = timezone.now()
         entry = log_entry(f"attempt {attempt} started on {worker}")
         taken = {
             "status": ExecutionStatus.RUNNING,
