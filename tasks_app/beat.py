@@ -357,6 +357,8 @@ class Scheduler(DatabaseScheduler):
             try:
                 model = self.Model.objects.filter(pk=pk).first()
             except (DatabaseError, InterfaceError):
+                if previous is not None:
+                    self._generic[pk] = previous  # kept (with its last run) until then
                 self._changes.put([row])  # taken in again on the next tick
                 return
             if model is not None:
@@ -364,13 +366,8 @@ class Scheduler(DatabaseScheduler):
                     entry = self.Entry(model, app=self.app)
                 except ValueError:
                     return
-                if (
-                    previous is not None
-                    and previous.last_run_at
-                    and (entry.last_run_at is None or previous.last_run_at > entry.last_run_at)
-                ):
-                    # its last run may not have been written back yet: never run it again
-                    entry.last_run_at = entry.model.last_run_at = previous.last_run_at
+                if previous is not None:
+                    _keep_runs(entry, previous)
                 self._generic[pk] = entry
                 self._generic_due[pk] = now
                 push(self._heap, (now, -pk))
@@ -784,6 +781,17 @@ class Scheduler(DatabaseScheduler):
             message = Message(entry.name, entry.task, entry.args, run_kwargs, options)
             result = super().apply_async(message, producer, advance=False, **kwargs)
         return result
+
+
+def _keep_runs(entry: Entry, previous: Entry) -> None:
+    """An entry read again keeps the runs its previous copy made that were not written back
+    yet: never run again, never counted less."""
+    if previous.last_run_at and (
+        entry.last_run_at is None or previous.last_run_at > entry.last_run_at
+    ):
+        entry.last_run_at = entry.model.last_run_at = previous.last_run_at
+    count = max(entry.total_run_count or 0, previous.total_run_count or 0)
+    entry.total_run_count = entry.model.total_run_count = count
 
 
 def _schedule_of(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -284,6 +284,10 @@ class ScheduledTask(models.Model):
                 for f in self._meta.concrete_fields
                 if not f.primary_key and f.name not in RUNTIME_FIELDS
             ]
+        if update_fields is not None and "updated_at" not in update_fields:
+            # every save moves updated_at: a finishing run tells by it whether the task
+            # it read has changed since (the runtime's own writes are update()s)
+            kwargs["update_fields"] = update_fields = [*update_fields, "updated_at"]
         if update_fields is None or DEFINITION_FIELDS & set(update_fields):
             validate_task(self)
         if update_fields is None or {"trigger", "type"} & set(update_fields):
@@ -316,7 +320,8 @@ def listened_event(task_type: str, trigger: Any) -> str:
 class ListAppend(models.Func):
     """``column`` with ``items`` appended, computed by the database in the UPDATE itself,
     so a writer never needs to read the list first (nor overwrites entries written
-    meanwhile). PostgreSQL (jsonb) and SQLite (JSON text) only."""
+    meanwhile); a column that holds no list starts a new one. PostgreSQL (jsonb) and
+    SQLite (JSON text) only."""
 
     output_field = models.JSONField()
 
@@ -328,7 +333,8 @@ class ListAppend(models.Func):
         self, compiler: Any, connection: Any, **_: Any
     ) -> tuple[str, tuple[Any, ...]]:
         column, params = compiler.compile(self.source_expressions[0])
-        return f"(COALESCE({column}, '[]'::jsonb) || %s::jsonb)", (
+        array = f"CASE WHEN jsonb_typeof({column}) = 'array' THEN {column} ELSE '[]'::jsonb END"
+        return f"({array} || %s::jsonb)", (
             *params,
             json.dumps(self.items),
         )
@@ -337,7 +343,8 @@ class ListAppend(models.Func):
         column, params = compiler.compile(self.source_expressions[0])
         # Each '$[#]' path appends at the array's end; the edits apply left to right.
         appends = "".join(", '$[#]', json(%s)" for _ in self.items)
-        return f"json_insert(COALESCE({column}, '[]'){appends})", (
+        array = f"CASE WHEN json_type({column}) = 'array' THEN {column} ELSE '[]' END"
+        return f"json_insert({array}{appends})", (
             *params,
             *(json.dumps(item) for item in self.items),
         )

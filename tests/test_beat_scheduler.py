@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import (
@@ -329,6 +329,30 @@ def test_an_edited_interval_of_another_job_is_taken_in(beat: Scheduler) -> None:
     changes(beat)
     assert beat.schedule["job"].schedule.run_every == timedelta(seconds=30)
     assert beat.schedule["job"].last_run_at == ran  # never run again for the edit
+
+
+def test_an_entry_whose_row_cannot_be_read_again_is_kept_as_it_was(
+    beat: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = IntervalSchedule.objects.create(every=3600, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="job", task="celery.ping", interval=every)
+    beat._load()
+    kept = beat.schedule["job"]
+    kept.last_run_at = timezone.now()  # run, not yet written back
+    every.every = 30
+    every.save()
+    rows = beat._read_changes()
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the database is restarting")
+
+    monkeypatch.setattr(type(PeriodicTask.objects), "filter", down)
+    beat._apply(rows)
+    monkeypatch.undo()
+    assert beat.schedule["job"] is kept  # not forgotten meanwhile
+    beat.tick()  # the row is read again on the next tick
+    assert beat.schedule["job"].schedule.run_every == timedelta(seconds=30)
+    assert beat.schedule["job"].last_run_at == kept.last_run_at
 
 
 def test_pause_removes_the_slot_and_a_new_task_adds_one(beat: Scheduler, owner: Any) -> None:

@@ -385,6 +385,30 @@ def test_the_outcome_appends_to_the_logs_in_the_database(user: Any, hook: Receiv
     assert stored.status == ExecutionStatus.COMPLETED
 
 
+def test_a_log_that_holds_no_list_starts_a_new_one(user: Any, hook: Receiver) -> None:
+    execution = queued(webhook_task(user, f"{hook.url}/hook"))
+    TaskExecution.objects.filter(pk=execution.pk).update(logs={"not": "a list"})
+    claimed = claim(execution, 1, "a:1")
+    assert claimed is not None
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert messages_of(stored) == ["attempt 1 started on a:1"]
+
+
+def test_a_run_counts_on_its_task_and_leaves_next_run_to_the_schedule(
+    user: Any, hook: Receiver
+) -> None:
+    """A recurring task's next_run is moved by its fires and edits; a run adds to its
+    counters only (in one statement, the task not being read again)."""
+    task = webhook_task(user, f"{hook.url}/hook", cron="0 12 * * *")
+    planned = timezone.now() + timedelta(days=3)
+    ScheduledTask.objects.filter(pk=task.pk).update(next_run=planned, run_count=4)
+    claimed = claim(queued(task), 1, "a:1")
+    assert claimed is not None
+    assert executions.execution_run(execution=claimed).status == ExecutionStatus.COMPLETED
+    task.refresh_from_db()
+    assert (task.next_run, task.run_count, task.last_run) == (planned, 5, claimed.started_at)
+
+
 def test_gives_up_after_max_deliveries(user: Any, conf: Any) -> None:
     task = webhook_task(user, "https://example.com/x", type="one-time")
     execution = executions.execution_for_occurrence(task_id=str(task.id), scheduled_for=task.run_at)

@@ -281,6 +281,31 @@ def test_overlap_queue_holds_one_and_skips_the_rest(user: Any, memory_broker: An
     ]
 
 
+def test_a_policy_changed_during_a_run_releases_the_run_it_held(
+    user: Any, memory_broker: Any
+) -> None:
+    """A run goes by the task as it read it unless the task was saved meanwhile: switched
+    to overlapPolicy queue during the run, the run it held is released when it ends."""
+    from django.db import transaction
+    from django.test import TestCase
+
+    task = make_task(user)  # overlapPolicy skip
+    first = running(task, T0)
+    as_read = TaskExecution.objects.select_related("task").get(pk=first.pk)  # the claim's copy
+    task.overlap_policy = "queue"
+    task.save(update_fields=["overlap_policy"])
+    assert fire(task, T0 + MINUTE, since=T0, now=T0 + MINUTE) == []
+    [held] = [row for row in ledger(task) if row.held]
+    with TestCase.captureOnCommitCallbacks(execute=True), transaction.atomic():
+        executions._finish(as_read, status=ExecutionStatus.COMPLETED, now=timezone.now())
+    held.refresh_from_db()
+    assert not held.held and held.enqueued_at is not None
+    assert [kwargs for _n, kwargs in published(memory_broker)] == [
+        {"execution_id": str(held.pk), "attempt": 1}
+    ]
+    assert ScheduledTask.objects.get(pk=task.pk).run_count == 1
+
+
 def test_a_retrying_run_keeps_the_next_one_waiting(user: Any, memory_broker: Any) -> None:
     task = make_task(user, overlap_policy="queue")
     first = running(task, T0)

@@ -188,7 +188,7 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
         if won:
             for field, value in taken.items():
                 setattr(execution, field, value)
-            execution.logs.append(entry)
+            execution.logs = [*_as_list(execution.logs), entry]
             return execution
     return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker)
 
@@ -446,11 +446,16 @@ def _write_outcome(
             return Outcome(status="superseded")
         for field, value in row.items():
             setattr(execution, field, value)
-        execution.logs.extend(logs)
+        execution.logs = [*_as_list(execution.logs), *logs]
         execution.input_tokens += usage[0]
         execution.output_tokens += usage[1]
         _after_finish(execution, status)
     return Outcome(status=status, retry_in=retry_in)
+
+
+def _as_list(logs: Any) -> list[Any]:
+    """The logs as ListAppend sees them: a column that holds no list starts a new one."""
+    return logs if isinstance(logs, list) else []
 
 
 def _terminal_fields(
@@ -482,10 +487,13 @@ def _finish(
 
 def _after_finish(execution: TaskExecution, status: str) -> None:
     """What a recorded state sets off: the task.completed / task.failed events, the task's
-    counters, notifications, held runs released. A run goes by the definition it started
-    with (notifications and policies included); only a one-time task is read again, under
-    its lock, since its status follows its one occurrence and it may have been paused or
-    rescheduled meanwhile. The task's row is locked last and briefly."""
+    counters, notifications, held runs released.
+
+    A recurring or trigger task not saved since the run read it (a save moves updated_at,
+    the runtime's own updates do not) has its counters set in one statement, without a
+    read. A one-time task (its status follows its one occurrence), or a task edited, paused
+    or deleted meanwhile, is read again under its lock, so the run goes by its current
+    policies and notification settings. The task's row is locked last and briefly."""
     if status == ExecutionStatus.RETRYING:
         return  # the run is not over
     done = status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
@@ -494,13 +502,18 @@ def _after_finish(execution: TaskExecution, status: str) -> None:
 
         system_event_emit(execution=execution, status=status)
     task = execution.task
-    if task.type == TaskType.ONE_TIME:
+    current = False
+    if task.type != TaskType.ONE_TIME:
+        same = ScheduledTask.objects.filter(pk=task.pk, updated_at=task.updated_at)
+        current = bool(same.update(**_counters(execution)) if done else same.exists())
+    if not current:
         fresh = ScheduledTask.objects.select_for_update().filter(pk=task.pk).first()
         if fresh is None:
             return  # deleted meanwhile: its executions went with it
         execution.task = task = fresh
+        if done:
+            _record_on_task(task, execution, status)
     if done:
-        _record_on_task(task, execution, status)
         _notify_after_commit(execution, status)
     elif status == ExecutionStatus.SKIPPED and _is_the_one_time_occurrence(execution):
         # A one-time task whose single occurrence was skipped (a condition did not hold)
@@ -544,13 +557,18 @@ def _notify_after_commit(execution: TaskExecution, status: str) -> None:
     )
 
 
+def _counters(execution: TaskExecution) -> dict[str, Any]:
+    """A finished run on its task: counted in SQL, so no run's count is lost. A recurring
+    task's ``next_run`` is moved by its fires and edits, a trigger task has none."""
+    return {"last_run": execution.started_at, "run_count": F("run_count") + 1}
+
+
 def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) -> None:
-    """The task's counters: one UPDATE, in SQL, so no run's count is lost. A recurring
-    task's ``next_run`` is moved by its fires and edits, a trigger task has none; a
-    one-time task's (read fresh by the caller) follows its status."""
+    """The counters of a task read fresh under its lock; a one-time task's ``next_run``
+    and status follow its one occurrence."""
     from .schedules import compute_next_run
 
-    counters: dict[str, Any] = {"last_run": execution.started_at, "run_count": F("run_count") + 1}
+    counters = _counters(execution)
     if task.type == TaskType.ONE_TIME:
         counters["next_run"] = compute_next_run(task)
     ScheduledTask.objects.filter(pk=task.pk).update(**counters)

@@ -30,6 +30,7 @@ from ..models import (
     ScheduledTask,
     TaskExecution,
     TaskStatus,
+    TaskType,
     TaskWebhook,
     WebhookDelivery,
 )
@@ -242,8 +243,8 @@ def event_emit(
 ) -> list[TaskExecution]:
     """Run every active task of the owner whose trigger is the event ``name``."""
     tasks = ScheduledTask.objects.filter(
-        owner_id=owner_id, listens_for=name, status=TaskStatus.ACTIVE
-    )
+        owner_id=owner_id, listens_for=name, status=TaskStatus.ACTIVE, type=TaskType.TRIGGER
+    ).exclude(listens_for="")  # (the index's own condition: SQLite uses it only so)
     if not tasks.exists():  # the usual answer, and a much smaller query than the rows
         return []
     started = []
