@@ -188,22 +188,25 @@ class Message:
 
 #: marks a row the watcher hands over because the schedule it uses has changed
 _RETAKE = "_retake"
-#: the values of other jobs' schedules (an edit of a shared schedule row moves only
-#: django-celery-beat's change marker, not the job's date_changed)
-_SCHEDULE_FIELDS = (
-    "interval__every",
-    "interval__period",
-    "solar__event",
-    "solar__latitude",
-    "solar__longitude",
+_CRONTAB_FIELDS = (
     "crontab__minute",
     "crontab__hour",
     "crontab__day_of_month",
     "crontab__month_of_year",
     "crontab__day_of_week",
     "crontab__timezone",
-    "clocked__clocked_time",
 )
+#: the values of other jobs' interval and solar schedules, read only for them (an edit of
+#: a shared schedule row moves only django-celery-beat's change marker, not the job's
+#: date_changed)
+_OTHER_SCHEDULE_FIELDS = (
+    "interval__every",
+    "interval__period",
+    "solar__event",
+    "solar__latitude",
+    "solar__longitude",
+)
+_SCHEDULE_FIELDS = (*_OTHER_SCHEDULE_FIELDS, *_CRONTAB_FIELDS, "clocked__clocked_time")
 
 _ROW_FIELDS = (
     "id",
@@ -213,12 +216,7 @@ _ROW_FIELDS = (
     "enabled",
     "one_off",
     "crontab_id",
-    "crontab__minute",
-    "crontab__hour",
-    "crontab__day_of_month",
-    "crontab__month_of_year",
-    "crontab__day_of_week",
-    "crontab__timezone",
+    *_CRONTAB_FIELDS,
     "clocked_id",
     "clocked__clocked_time",
     "interval_id",
@@ -597,7 +595,7 @@ class Scheduler(DatabaseScheduler):
     def _other_rows(self) -> list[dict[str, Any]]:
         """The enabled rows of other tasks, with the values of their schedules."""
         others = self.Model.objects.filter(enabled=True).exclude(task=RUN_TASK_NAME)
-        return list(others.values(*_ROW_FIELDS, *_SCHEDULE_FIELDS))
+        return list(others.values(*_ROW_FIELDS, *_OTHER_SCHEDULE_FIELDS))
 
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         """Take in changed rows (in the scheduler's thread)."""
