@@ -58,17 +58,17 @@ def process_tree(pid: int) -> list[int]:
         return [pid]
 
 
-def service_pids() -> list[int]:
-    """The PostgreSQL and Redis server processes on this machine."""
+def pids_named(prefix: str) -> list[int]:
+    """The processes on this machine whose name starts with ``prefix`` (``postgres``)."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 with open(f"{entry.path}/comm") as comm:
-                    name = comm.read().strip()
+                    name = comm.read()
             except OSError:
                 continue
-            if name.startswith(("postgres", "redis-server")):
+            if name.startswith(prefix):
                 found.append(int(entry.name))
     return found
 

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.data import cpu_seconds, process_tree, service_pids
+from bench.data import cpu_seconds, pids_named, process_tree
 from tests.http_receiver import Receiver
 from tests.integration.stack import Stack, procfile_commands, wait_until
 
@@ -173,13 +173,11 @@ class _CpuMeter:
         self.done = finished()
 
     def _groups(self) -> dict[str, list[int]]:
-        pool = process_tree(self.worker_pid)[1:]
-        services = service_pids()
         return {
             "worker main": [self.worker_pid],
-            "pool": pool,
-            "postgres": [pid for pid in services if _comm(pid).startswith("postgres")],
-            "redis": [pid for pid in services if _comm(pid).startswith("redis")],
+            "pool": process_tree(self.worker_pid)[1:],
+            "postgres": pids_named("postgres"),
+            "redis": pids_named("redis-server"),
         }
 
     def per_run_ms(self) -> dict[str, float]:
@@ -190,14 +188,6 @@ class _CpuMeter:
             for name, pids in self._groups().items()
         }
         return {**spent, "total": sum(spent.values())}
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return ""
 
 
 _PUBLISH_BARE = """

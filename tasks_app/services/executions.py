@@ -170,15 +170,7 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
         return None
     if execution.status in WAITING and attempt == execution.attempt + 1:
         entry = log_entry(f"attempt {attempt} started on {worker}")
-        taken = {
-            "status": ExecutionStatus.RUNNING,
-            "attempt": attempt,
-            "worker": worker,
-            "started_at": now,
-            "next_attempt_at": None,
-            "lease_expires_at": now + timedelta(seconds=scheduler_settings().lease_seconds),
-            "deliveries": 1,
-        }
+        taken = _taken(attempt=attempt, worker=worker, now=now, deliveries=1)
         won = TaskExecution.objects.filter(
             pk=execution.pk,
             status=execution.status,
@@ -190,12 +182,26 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
                 setattr(execution, field, value)
             execution.logs = [*_as_list(execution.logs), entry]
             return execution
-    return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker)
+    return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker, now=now)
 
 
-def _claim_locked(*, execution_id: str, attempt: int, worker: str) -> TaskExecution | None:
+def _taken(*, attempt: int, worker: str, now: datetime, deliveries: int) -> dict[str, Any]:
+    """The columns a claim of ``attempt`` sets (besides its log line)."""
+    return {
+        "status": ExecutionStatus.RUNNING,
+        "attempt": attempt,
+        "worker": worker,
+        "started_at": now,
+        "next_attempt_at": None,
+        "lease_expires_at": now + timedelta(seconds=scheduler_settings().lease_seconds),
+        "deliveries": deliveries,
+    }
+
+
+def _claim_locked(
+    *, execution_id: str, attempt: int, worker: str, now: datetime
+) -> TaskExecution | None:
     conf = scheduler_settings()
-    now = timezone.now()
     with transaction.atomic():
         execution = (
             TaskExecution.objects.select_for_update()
@@ -207,10 +213,10 @@ def _claim_locked(*, execution_id: str, attempt: int, worker: str) -> TaskExecut
             return None
         if execution.current_step is not None:
             return None  # a chain in progress: its steps run as their own Celery tasks
+        deliveries = 1
         if execution.status in WAITING:
             if attempt != execution.attempt + 1:
                 return None
-            execution.deliveries = 1
         elif execution.status == ExecutionStatus.RUNNING:
             if attempt != execution.attempt or not holder_is_dead(execution, now):
                 return None
@@ -231,26 +237,12 @@ def _claim_locked(*, execution_id: str, attempt: int, worker: str) -> TaskExecut
                     ),
                 )
                 return None
-            execution.deliveries += 1
-        execution.status = ExecutionStatus.RUNNING
-        execution.attempt = attempt
-        execution.worker = worker
-        execution.started_at = now
-        execution.next_attempt_at = None
-        execution.lease_expires_at = now + timedelta(seconds=conf.lease_seconds)
+            deliveries = execution.deliveries + 1
+        taken = _taken(attempt=attempt, worker=worker, now=now, deliveries=deliveries)
+        for field, value in taken.items():
+            setattr(execution, field, value)
         execution.logs.append(log_entry(f"attempt {attempt} started on {worker}"))
-        execution.save(
-            update_fields=[
-                "status",
-                "attempt",
-                "worker",
-                "started_at",
-                "next_attempt_at",
-                "lease_expires_at",
-                "deliveries",
-                "logs",
-            ]
-        )
+        execution.save(update_fields=[*taken, "logs"])
     return execution
 
 
