@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -315,42 +314,6 @@ def listened_event(task_type: str, trigger: Any) -> str:
     config = trigger.get("config")
     event = config.get("event") if isinstance(config, dict) else None
     return event if trigger.get("type") == TriggerType.EVENT and isinstance(event, str) else ""
-
-
-class ListAppend(models.Func):
-    """``column`` with ``items`` appended, computed by the database in the UPDATE itself,
-    so a writer never needs to read the list first (nor overwrites entries written
-    meanwhile); a column that holds no list starts a new one. PostgreSQL (jsonb) and
-    SQLite (JSON text) only."""
-
-    output_field = models.JSONField()
-
-    def __init__(self, column: str, items: list[Any]) -> None:
-        super().__init__(models.F(column))
-        self.items = items
-
-    def as_postgresql(
-        self, compiler: Any, connection: Any, **_: Any
-    ) -> tuple[str, tuple[Any, ...]]:
-        column, params = compiler.compile(self.source_expressions[0])
-        array = f"CASE WHEN jsonb_typeof({column}) = 'array' THEN {column} ELSE '[]'::jsonb END"
-        return f"({array} || %s::jsonb)", (
-            *params,
-            json.dumps(self.items),
-        )
-
-    def as_sqlite(self, compiler: Any, connection: Any, **_: Any) -> tuple[str, tuple[Any, ...]]:
-        column, params = compiler.compile(self.source_expressions[0])
-        # Each '$[#]' path appends at the array's end; the edits apply left to right.
-        appends = "".join(", '$[#]', json(%s)" for _ in self.items)
-        array = f"CASE WHEN json_type({column}) = 'array' THEN {column} ELSE '[]' END"
-        return f"json_insert({array}{appends})", (
-            *params,
-            *(json.dumps(item) for item in self.items),
-        )
-
-    def as_sql(self, compiler: Any, connection: Any, *_: Any, **__: Any) -> Any:
-        raise NotImplementedError(f"ListAppend does not support {connection.vendor}")
 
 
 class TaskExecution(models.Model):

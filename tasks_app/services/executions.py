@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
-from django.db.models import F
 from django.utils import timezone
 
 import executors
@@ -33,13 +32,12 @@ from executors.base import ActionResult, ExecutionContext
 from executors.errors import ExecutorError, RetryableError
 from executors.templating import render_value
 
-from .. import sealed
+from .. import rows, sealed
 from ..conf import NOTIFY_TASK_NAME, scheduler_settings
 from ..models import (
     ActionType,
     ExecutionStatus,
     ExecutionTrigger,
-    ListAppend,
     MisfirePolicy,
     OverlapPolicy,
     ScheduledTask,
@@ -158,30 +156,32 @@ def holder_is_dead(execution: TaskExecution, now: datetime) -> bool:
 def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExecution | None:
     """Take the execution for ``attempt``; None when this delivery must not run it.
 
-    The usual case, the attempt that is due, is one read and one compare-and-set UPDATE
-    (no transaction, no lock). Anything else, a duplicate or a takeover from a holder
-    that may be dead, is judged under the row's lock."""
+    The usual case, the attempt that is due, is one compare-and-set UPDATE that returns
+    the row, then a read of its task (no transaction, no lock). Anything else, a
+    duplicate or a takeover from a holder that may be dead, is judged under the row's
+    lock."""
     now = timezone.now()  # the attempt starts as the worker takes it up
-    try:
-        execution = TaskExecution.objects.select_related("task").get(pk=execution_id)
-    except TaskExecution.DoesNotExist:
-        return None
-    if execution.is_finished or execution.current_step is not None:
-        return None
-    if execution.status in WAITING and attempt == execution.attempt + 1:
-        entry = log_entry(f"attempt {attempt} started on {worker}")
-        taken = _taken(attempt=attempt, worker=worker, now=now, deliveries=1)
-        won = TaskExecution.objects.filter(
-            pk=execution.pk,
-            status=execution.status,
-            attempt=execution.attempt,
-            current_step__isnull=True,
-        ).update(**taken, logs=ListAppend("logs", [entry]))
-        if won:
-            for field, value in taken.items():
-                setattr(execution, field, value)
-            execution.logs = [*_as_list(execution.logs), entry]
-            return execution
+    entry = log_entry(f"attempt {attempt} started on {worker}")
+    execution = rows.update(
+        TaskExecution,
+        {
+            "pk": execution_id,
+            "status": rows.In(WAITING),
+            "attempt": attempt - 1,
+            "current_step": None,
+        },
+        {
+            **_taken(attempt=attempt, worker=worker, now=now, deliveries=1),
+            "logs": rows.Append([entry]),
+        },
+        returning=True,
+    )
+    if execution is not None:
+        task = rows.get(ScheduledTask, {"pk": execution.task_id})
+        if task is None:
+            return None  # deleted meanwhile (its executions go with it)
+        execution.task = task
+        return execution
     return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker, now=now)
 
 
@@ -420,16 +420,20 @@ def _write_outcome(
         row["next_attempt_at"] = now + timedelta(seconds=retry_in)
     with transaction.atomic():
         # Compare-and-set: only the holder of this attempt records its outcome.
-        won = TaskExecution.objects.filter(
-            pk=execution.pk,
-            status=ExecutionStatus.RUNNING,
-            attempt=execution.attempt,
-            worker=execution.worker,
-        ).update(
-            **row,
-            input_tokens=F("input_tokens") + usage[0],
-            output_tokens=F("output_tokens") + usage[1],
-            logs=ListAppend("logs", logs),
+        won = rows.update(
+            TaskExecution,
+            {
+                "pk": execution.pk,
+                "status": ExecutionStatus.RUNNING,
+                "attempt": execution.attempt,
+                "worker": execution.worker,
+            },
+            {
+                **row,
+                "input_tokens": rows.Add(usage[0]),
+                "output_tokens": rows.Add(usage[1]),
+                "logs": rows.Append(logs),
+            },
         )
         if not won:
             logger.warning(
@@ -446,7 +450,7 @@ def _write_outcome(
 
 
 def _as_list(logs: Any) -> list[Any]:
-    """The logs as ListAppend sees them: a column that holds no list starts a new one."""
+    """The logs as rows.Append sees them: a column that holds no list starts a new one."""
     return logs if isinstance(logs, list) else []
 
 
@@ -496,8 +500,12 @@ def _after_finish(execution: TaskExecution, status: str) -> None:
     task = execution.task
     current = False
     if task.type != TaskType.ONE_TIME:
-        same = ScheduledTask.objects.filter(pk=task.pk, updated_at=task.updated_at)
-        current = bool(same.update(**_counters(execution)) if done else same.exists())
+        same = {"pk": task.pk, "updated_at": task.updated_at}
+        current = bool(
+            rows.update(ScheduledTask, same, _counters(execution))
+            if done
+            else rows.exists(ScheduledTask, same)
+        )
     if not current:
         fresh = ScheduledTask.objects.select_for_update().filter(pk=task.pk).first()
         if fresh is None:
@@ -552,7 +560,7 @@ def _notify_after_commit(execution: TaskExecution, status: str) -> None:
 def _counters(execution: TaskExecution) -> dict[str, Any]:
     """A finished run on its task: counted in SQL, so no run's count is lost. A recurring
     task's ``next_run`` is moved by its fires and edits, a trigger task has none."""
-    return {"last_run": execution.started_at, "run_count": F("run_count") + 1}
+    return {"last_run": execution.started_at, "run_count": rows.Add(1)}
 
 
 def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) -> None:
@@ -563,7 +571,7 @@ def _record_on_task(task: ScheduledTask, execution: TaskExecution, status: str) 
     counters = _counters(execution)
     if task.type == TaskType.ONE_TIME:
         counters["next_run"] = compute_next_run(task)
-    ScheduledTask.objects.filter(pk=task.pk).update(**counters)
+    rows.update(ScheduledTask, {"pk": task.pk}, counters)
     # Its one occurrence ran, so the task is finished even if paused meanwhile; but a
     # task rescheduled while this attempt ran keeps its new time.
     one_time_done = (

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from executors.webhook import DEPTH_HEADER
 
+from .. import rows
 from ..models import (
     ExecutionStatus,
     ExecutionTrigger,
@@ -242,11 +243,18 @@ def event_emit(
     source_task_id: Any = None,
 ) -> list[TaskExecution]:
     """Run every active task of the owner whose trigger is the event ``name``."""
+    listeners = [
+        ("owner_id", owner_id),
+        ("listens_for", name),
+        ("listens_for", rows.Not("")),  # the index's own condition: SQLite uses it only so
+        ("status", TaskStatus.ACTIVE),
+        ("type", TaskType.TRIGGER),
+    ]
+    if not rows.exists(ScheduledTask, listeners):  # the usual answer, asked of the index
+        return []
     tasks = ScheduledTask.objects.filter(
         owner_id=owner_id, listens_for=name, status=TaskStatus.ACTIVE, type=TaskType.TRIGGER
-    ).exclude(listens_for="")  # (the index's own condition: SQLite uses it only so)
-    if not tasks.exists():  # the usual answer, and a much smaller query than the rows
-        return []
+    )
     started = []
     for task in tasks.order_by("created_at"):
         if source_task_id is not None and task.pk == source_task_id:

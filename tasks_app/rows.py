@@ -1,0 +1,188 @@
+"""Single-row statements for the worker's hot path, without the ORM's query compiler.
+
+Django compiles every QuerySet call afresh: about 0.5 ms of CPU for an ``update()`` or an
+``exists()`` here, 1–2 ms for a ``get()`` with ``select_related``, against 0.05 ms for the
+statement itself. A run makes several, so the compiler was most of a run's cost. These
+helpers write the SQL the ORM would write for one row, from the model's metadata: values
+go through their field's ``get_db_prep_save``/``get_db_prep_value`` and rows come back
+through the fields' converters, so what is stored and read is what the ORM stores and
+reads. PostgreSQL and SQLite (3.35+, for RETURNING).
+
+    rows.update(TaskExecution, {"pk": pk, "status": rows.In(["queued", "retrying"])},
+                {"status": "running", "logs": rows.Append([line])}, returning=True)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.db import connections, models
+
+M = TypeVar("M", bound=models.Model)
+
+
+@dataclass(frozen=True)
+class In:
+    """``column IN (values)`` in a where."""
+
+    values: tuple[Any, ...] | list[Any]
+
+
+@dataclass(frozen=True)
+class Not:
+    """``column <> value`` in a where."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Add:
+    """``column = column + amount`` in a set."""
+
+    amount: Any
+
+
+@dataclass(frozen=True)
+class Append:
+    """``column`` (a JSON list) with ``items`` appended by the database, in a set."""
+
+    items: list[Any]
+
+
+def list_append_sql(vendor: str, column: str, items: list[Any]) -> tuple[str, list[Any]]:
+    """SQL for a JSON list column with ``items`` appended; a column that holds no list
+    starts a new one."""
+    if vendor == "postgresql":
+        array = f"CASE WHEN jsonb_typeof({column}) = 'array' THEN {column} ELSE '[]'::jsonb END"
+        return f"({array} || %s::jsonb)", [json.dumps(items)]
+    if vendor == "sqlite":
+        # Each '$[#]' path appends at the array's end; the edits apply left to right.
+        appends = "".join(", '$[#]', json(%s)" for _ in items)
+        array = f"CASE WHEN json_type({column}) = 'array' THEN {column} ELSE '[]' END"
+        return f"json_insert({array}{appends})", [json.dumps(item) for item in items]
+    raise NotImplementedError(f"a JSON list append does not support {vendor}")
+
+
+@dataclass(frozen=True)
+class _Meta:
+    table: str
+    fields: dict[str, models.Field]  # by name, attname and "pk"
+    quoted: dict[str, str]  # their columns, quoted, by the same keys
+    columns: str  # every concrete column, in order, for SELECT / RETURNING
+    attnames: list[str]
+    converters: list[tuple[int, list[Any], Any]]
+
+
+@functools.cache
+def _meta(model: type[models.Model], alias: str) -> _Meta:
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    concrete = model._meta.concrete_fields
+    fields: dict[str, models.Field] = {"pk": model._meta.pk}  # type: ignore[dict-item]
+    for field in concrete:
+        fields[field.name] = fields[field.attname] = field
+    converters = []
+    for index, field in enumerate(concrete):
+        column = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
+        if found:
+            converters.append((index, found, column))
+    quoted = {name: quote(str(field.column)) for name, field in fields.items()}
+    return _Meta(
+        table=quote(model._meta.db_table),
+        fields=fields,
+        quoted=quoted,
+        columns=", ".join(quoted[field.name] for field in concrete),
+        attnames=[field.attname for field in concrete],
+        converters=converters,
+    )
+
+
+Where = dict[str, Any] | list[tuple[str, Any]]
+
+
+def _where(meta: _Meta, where: Where, alias: str) -> tuple[str, list[Any]]:
+    """``{name: value}`` (or pairs, to name a column twice): each a condition, all ANDed."""
+    connection = connections[alias]
+    terms: list[str] = []
+    params: list[Any] = []
+    for name, wanted in where.items() if isinstance(where, dict) else where:
+        field, column = meta.fields[name], meta.quoted[name]
+        if wanted is None:
+            terms.append(f"{column} IS NULL")
+        elif isinstance(wanted, In):
+            terms.append(f"{column} IN ({', '.join('%s' for _ in wanted.values)})")
+            params.extend(field.get_db_prep_value(v, connection) for v in wanted.values)
+        elif isinstance(wanted, Not):
+            terms.append(f"{column} <> %s")
+            params.append(field.get_db_prep_value(wanted.value, connection))
+        else:
+            terms.append(f"{column} = %s")
+            params.append(field.get_db_prep_value(wanted, connection))
+    return " AND ".join(terms), params
+
+
+def _row(model: type[M], meta: _Meta, values: Any, alias: str) -> M:
+    values = list(values)
+    connection = connections[alias]
+    for index, found, column in meta.converters:
+        for converter in found:
+            values[index] = converter(values[index], column, connection)
+    return model.from_db(alias, meta.attnames, values)
+
+
+def get(model: type[M], where: Where, *, alias: str = "default") -> M | None:
+    """The one row that matches, or None."""
+    meta = _meta(model, alias)
+    condition, params = _where(meta, where, alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT {meta.columns} FROM {meta.table} WHERE {condition}", params)
+        found = cursor.fetchone()
+    return None if found is None else _row(model, meta, found, alias)
+
+
+def exists(model: type[models.Model], where: Where, *, alias: str = "default") -> bool:
+    meta = _meta(model, alias)
+    condition, params = _where(meta, where, alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {meta.table} WHERE {condition} LIMIT 1", params)
+        return cursor.fetchone() is not None
+
+
+def update(
+    model: type[M],
+    where: Where,
+    values: dict[str, Any],
+    *,
+    returning: bool = False,
+    alias: str = "default",
+) -> Any:
+    """UPDATE the rows ``where`` matches: the count of rows, or with ``returning`` the one
+    row as it is now (None when none matched)."""
+    connection = connections[alias]
+    meta = _meta(model, alias)
+    assignments, params = [], []
+    for name, value in values.items():
+        field, column = meta.fields[name], meta.quoted[name]
+        if isinstance(value, Append):
+            sql, extra = list_append_sql(connection.vendor, column, value.items)
+            assignments.append(f"{column} = {sql}")
+            params.extend(extra)
+        elif isinstance(value, Add):
+            assignments.append(f"{column} = {column} + %s")
+            params.append(field.get_db_prep_save(value.amount, connection))
+        else:
+            assignments.append(f"{column} = %s")
+            params.append(field.get_db_prep_save(value, connection))
+    condition, where_params = _where(meta, where, alias)
+    sql = f"UPDATE {meta.table} SET {', '.join(assignments)} WHERE {condition}"
+    with connection.cursor() as cursor:
+        if not returning:
+            cursor.execute(sql, [*params, *where_params])
+            return cursor.rowcount
+        cursor.execute(f"{sql} RETURNING {meta.columns}", [*params, *where_params])
+        found = cursor.fetchall()  # to the end, so that SQLite completes the statement
+    return _row(model, meta, found[0], alias) if found else None

@@ -1,0 +1,146 @@
+"""tasks_app.rows: the worker's single-row statements store and read what the ORM does
+(on PostgreSQL and, with SCHEDULER_TEST_DATABASE=sqlite, on SQLite)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from tasks_app import rows
+from tasks_app.models import (
+    ExecutionStatus,
+    ScheduledTask,
+    TaskExecution,
+    TaskWebhook,
+)
+from tasks_app.services.definitions import task_create
+
+pytestmark = pytest.mark.django_db
+
+AT = datetime(2031, 1, 6, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+def _task(owner: Any) -> ScheduledTask:
+    return task_create(
+        owner=owner,
+        name="rows",
+        type="trigger",
+        trigger={"type": "event", "config": {"event": "rows.test"}},
+        action={"type": "webhook", "url": "https://example.com/hook", "body": {"ü": [1, None]}},
+    )
+
+
+def _values(instance: Any) -> dict[str, Any]:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def test_get_reads_every_field_as_the_orm_does(user: Any) -> None:
+    task = _task(user)
+    execution = TaskExecution.objects.create(
+        task=task,
+        trigger="manual",
+        scheduled_for=AT,
+        payload={"nested": {"list": [1, 2.5, "x", None, True]}},
+        result="a plain string",
+        logs=[{"at": AT.isoformat(), "message": "hi"}],
+    )
+    read = rows.get(TaskExecution, {"pk": execution.pk})
+    assert read is not None and not read._state.adding
+    assert _values(read) == _values(TaskExecution.objects.get(pk=execution.pk))
+    assert read.scheduled_for == AT and read.scheduled_for.tzinfo is not None
+    assert _values(rows.get(ScheduledTask, {"pk": task.pk})) == _values(
+        ScheduledTask.objects.get(pk=task.pk)
+    )
+    assert rows.get(TaskExecution, {"pk": task.pk}) is None
+
+
+def test_encrypted_fields_come_back_decrypted(user: Any) -> None:
+    hook = TaskWebhook.objects.create(task=_task(user), webhook_id="w1", secret="s3cret")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT secret FROM task_webhooks")
+        (stored,) = cursor.fetchone()
+    assert "s3cret" not in stored
+    read = rows.get(TaskWebhook, {"pk": hook.pk})
+    assert read is not None and read.secret == "s3cret" and read.previous_secret is None
+
+
+def test_update_returning_sets_values_and_matches_only_its_conditions(user: Any) -> None:
+    task = _task(user)
+    execution = TaskExecution.objects.create(task=task, trigger="manual")
+    wanted = {
+        "pk": execution.pk,
+        "status": rows.In([ExecutionStatus.QUEUED, ExecutionStatus.RETRYING]),
+        "attempt": 0,
+        "current_step": None,
+    }
+    changes = {"status": ExecutionStatus.RUNNING, "attempt": 1, "started_at": AT, "worker": "w"}
+    taken = rows.update(TaskExecution, wanted, changes, returning=True)
+    assert taken is not None and taken.status == "running" and taken.started_at == AT
+    assert _values(taken) == _values(TaskExecution.objects.get(pk=execution.pk))
+    # the same conditions no longer hold: nothing matches, nothing changes
+    assert rows.update(TaskExecution, wanted, {"worker": "other"}, returning=True) is None
+    assert rows.update(TaskExecution, wanted, {"worker": "other"}) == 0
+    assert TaskExecution.objects.get(pk=execution.pk).worker == "w"
+
+
+def test_conditions_in_not_null_and_pairs(user: Any) -> None:
+    task = _task(user)
+    listening = [("owner_id", user.pk), ("listens_for", "rows.test")]
+    assert rows.exists(ScheduledTask, [*listening, ("listens_for", rows.Not(""))])
+    assert not rows.exists(ScheduledTask, [*listening, ("listens_for", rows.Not("rows.test"))])
+    assert rows.exists(ScheduledTask, {"pk": task.pk, "run_at": None})
+    assert not rows.exists(ScheduledTask, {"pk": task.pk, "status": rows.In(["paused"])})
+
+
+def test_add_counts_in_sql_and_updated_at_compares_as_read(user: Any) -> None:
+    task = _task(user)
+    as_read = ScheduledTask.objects.get(pk=task.pk).updated_at
+    same = {"pk": task.pk, "updated_at": as_read}
+    for _ in range(2):
+        assert rows.update(ScheduledTask, same, {"run_count": rows.Add(1), "last_run": AT}) == 1
+    stored = ScheduledTask.objects.get(pk=task.pk)
+    assert (stored.run_count, stored.last_run) == (2, AT)
+    stored.save(update_fields=["name"])  # a save moves updated_at
+    assert rows.update(ScheduledTask, same, {"run_count": rows.Add(1)}) == 0
+    assert not rows.exists(ScheduledTask, same)
+
+
+@pytest.mark.parametrize("before", [[{"message": "one"}], None, {"not": "a list"}])
+def test_append_keeps_what_is_there_and_starts_a_list_over_anything_else(
+    user: Any, before: Any
+) -> None:
+    execution = TaskExecution.objects.create(task=_task(user), trigger="manual", logs=[])
+    if before is None:  # JSON null (the column is NOT NULL)
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE task_executions SET logs = 'null'")
+    else:
+        TaskExecution.objects.filter(pk=execution.pk).update(logs=before)
+    lines = [{"message": "two", "at": "t"}, {"message": "ü \"quoted\" '%s'"}]
+    rows.update(TaskExecution, {"pk": execution.pk}, {"logs": rows.Append(lines)})
+    kept = before if isinstance(before, list) else []
+    assert TaskExecution.objects.get(pk=execution.pk).logs == [*kept, *lines]
+    rows.update(TaskExecution, {"pk": execution.pk}, {"logs": rows.Append([])})
+    assert TaskExecution.objects.get(pk=execution.pk).logs == [*kept, *lines]
+
+
+def test_values_pass_through_their_fields(user: Any) -> None:
+    """JSON, None and datetimes are stored as the ORM stores them."""
+    execution = TaskExecution.objects.create(task=_task(user), trigger="manual")
+    later = AT + timedelta(days=1)
+    rows.update(
+        TaskExecution,
+        {"pk": str(execution.pk)},  # a UUID as text, as messages carry it
+        {"result": {"k": ["v", 1]}, "error": "", "next_attempt_at": later, "completed_at": None},
+    )
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.result, stored.next_attempt_at, stored.completed_at) == (
+        {"k": ["v", 1]},
+        later,
+        None,
+    )
+    assert TaskExecution.objects.filter(pk=execution.pk, next_attempt_at=later).exists()
+    rows.update(TaskExecution, {"pk": execution.pk}, {"result": None})
+    assert TaskExecution.objects.filter(pk=execution.pk, result__isnull=True).exists()
