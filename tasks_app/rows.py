@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.db import connections, models
 
@@ -72,8 +72,13 @@ class _Meta:
     fields: dict[str, models.Field]  # by name, attname and "pk"
     quoted: dict[str, str]  # their columns, quoted, by the same keys
     columns: str  # every concrete column, in order, for SELECT / RETURNING
+    quoted_columns: tuple[str, ...]
     attnames: list[str]
+    pk: str  # the primary key's attname
     converters: list[tuple[int, list[Any], Any]]
+
+    def prefixed(self, alias: str) -> str:
+        return ", ".join(f"{alias}.{column}" for column in self.quoted_columns)
 
 
 @functools.cache
@@ -96,7 +101,9 @@ def _meta(model: type[models.Model], alias: str) -> _Meta:
         fields=fields,
         quoted=quoted,
         columns=", ".join(quoted[field.name] for field in concrete),
+        quoted_columns=tuple(quoted[field.name] for field in concrete),
         attnames=[field.attname for field in concrete],
+        pk=model._meta.pk.attname,  # type: ignore[union-attr]
         converters=converters,
     )
 
@@ -152,18 +159,8 @@ def exists(model: type[models.Model], where: Where, *, alias: str = "default") -
         return cursor.fetchone() is not None
 
 
-def update(
-    model: type[M],
-    where: Where,
-    values: dict[str, Any],
-    *,
-    returning: bool = False,
-    alias: str = "default",
-) -> Any:
-    """UPDATE the rows ``where`` matches: the count of rows, or with ``returning`` the one
-    row as it is now (None when none matched)."""
+def _set(meta: _Meta, values: dict[str, Any], alias: str) -> tuple[str, list[Any]]:
     connection = connections[alias]
-    meta = _meta(model, alias)
     assignments, params = [], []
     for name, value in values.items():
         field, column = meta.fields[name], meta.quoted[name]
@@ -177,12 +174,98 @@ def update(
         else:
             assignments.append(f"{column} = %s")
             params.append(field.get_db_prep_save(value, connection))
+    return ", ".join(assignments), params
+
+
+def _update(model: type[models.Model], where: Where, values: dict[str, Any], alias: str) -> Any:
+    meta = _meta(model, alias)
+    assignments, params = _set(meta, values, alias)
     condition, where_params = _where(meta, where, alias)
-    sql = f"UPDATE {meta.table} SET {', '.join(assignments)} WHERE {condition}"
+    return f"UPDATE {meta.table} SET {assignments} WHERE {condition}", [*params, *where_params]
+
+
+def update(
+    model: type[models.Model], where: Where, values: dict[str, Any], *, alias: str = "default"
+) -> int:
+    """UPDATE the rows ``where`` matches; how many it changed."""
+    sql, params = _update(model, where, values, alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def update_returning(
+    model: type[M],
+    where: Where,
+    values: dict[str, Any],
+    *,
+    related: str | None = None,
+    alias: str = "default",
+) -> M | None:
+    """UPDATE the one row ``where`` matches and return it as it is now (None when none
+    matched), with the row its foreign key ``related`` points to when asked: in the same
+    statement on PostgreSQL, read after it on SQLite (whose RETURNING cannot join)."""
+    connection = connections[alias]
+    meta = _meta(model, alias)
+    sql, params = _update(model, where, values, alias)
+    other = None if related is None else cast(models.ForeignKey, model._meta.get_field(related))
     with connection.cursor() as cursor:
-        if not returning:
-            cursor.execute(sql, [*params, *where_params])
-            return cursor.rowcount
-        cursor.execute(f"{sql} RETURNING {meta.columns}", [*params, *where_params])
-        found = cursor.fetchall()  # to the end, so that SQLite completes the statement
-    return _row(model, meta, found[0], alias) if found else None
+        if other is None or connection.vendor != "postgresql":
+            cursor.execute(f"{sql} RETURNING {meta.columns}", params)
+            found = cursor.fetchall()  # to the end, so that SQLite completes the statement
+            row = _row(model, meta, found[0], alias) if found else None
+            if row is None or other is None:
+                return row
+            target = get(_target(other), {"pk": getattr(row, other.attname)}, alias=alias)
+        else:
+            target_meta = _meta(_target(other), alias)
+            fk = meta.quoted[other.name]
+            cursor.execute(
+                f"WITH changed AS ({sql} RETURNING {meta.columns}) SELECT changed.*, "
+                f"{target_meta.prefixed('target')} FROM changed LEFT JOIN "
+                f"{target_meta.table} target ON target.{target_meta.quoted['pk']} = changed.{fk}",
+                params,
+            )
+            found = cursor.fetchall()
+            if not found:
+                return None
+            width = len(meta.attnames)
+            row = _row(model, meta, found[0][:width], alias)
+            has_target = found[0][width + target_meta.attnames.index(target_meta.pk)] is not None
+            target = (
+                _row(other.related_model, target_meta, found[0][width:], alias)
+                if has_target
+                else None
+            )
+    if target is None:
+        return None  # the row it points to is gone (deleted meanwhile)
+    setattr(row, other.name, target)
+    return row
+
+
+def _target(foreign_key: models.ForeignKey) -> type[models.Model]:
+    return cast(type[models.Model], foreign_key.related_model)
+
+
+def update_and_exists(
+    model: type[models.Model],
+    where: Where,
+    values: dict[str, Any],
+    *,
+    exists: tuple[type[models.Model], Where],
+    alias: str = "default",
+) -> tuple[int, bool]:
+    """UPDATE the rows ``where`` matches and, in the same statement, tell whether a row
+    of ``exists`` (a model and its where) exists: (rows changed, exists); the answer is
+    False when no row changed."""
+    sql, params = _update(model, where, values, alias)
+    other, other_where = exists
+    other_meta = _meta(other, alias)
+    condition, other_params = _where(other_meta, other_where, alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"{sql} RETURNING EXISTS(SELECT 1 FROM {other_meta.table} WHERE {condition})",
+            [*params, *other_params],
+        )
+        found = cursor.fetchall()
+    return len(found), bool(found and found[0][0])

@@ -67,7 +67,9 @@ def test_encrypted_fields_come_back_decrypted(user: Any) -> None:
     assert read is not None and read.secret == "s3cret" and read.previous_secret is None
 
 
-def test_update_returning_sets_values_and_matches_only_its_conditions(user: Any) -> None:
+def test_update_returning_sets_values_and_matches_only_its_conditions(
+    user: Any, django_assert_num_queries: Any
+) -> None:
     task = _task(user)
     execution = TaskExecution.objects.create(task=task, trigger="manual")
     wanted = {
@@ -77,11 +79,15 @@ def test_update_returning_sets_values_and_matches_only_its_conditions(user: Any)
         "current_step": None,
     }
     changes = {"status": ExecutionStatus.RUNNING, "attempt": 1, "started_at": AT, "worker": "w"}
-    taken = rows.update(TaskExecution, wanted, changes, returning=True)
+    taken = rows.update_returning(TaskExecution, wanted, changes, related="task")
     assert taken is not None and taken.status == "running" and taken.started_at == AT
     assert _values(taken) == _values(TaskExecution.objects.get(pk=execution.pk))
+    stored_task = _values(ScheduledTask.objects.get(pk=task.pk))
+    with django_assert_num_queries(0):  # it came with the row
+        assert _values(taken.task) == stored_task
     # the same conditions no longer hold: nothing matches, nothing changes
-    assert rows.update(TaskExecution, wanted, {"worker": "other"}, returning=True) is None
+    assert rows.update_returning(TaskExecution, wanted, {"worker": "other"}) is None
+    assert rows.update_returning(TaskExecution, wanted, {"worker": "x"}, related="task") is None
     assert rows.update(TaskExecution, wanted, {"worker": "other"}) == 0
     assert TaskExecution.objects.get(pk=execution.pk).worker == "w"
 
@@ -144,3 +150,23 @@ def test_values_pass_through_their_fields(user: Any) -> None:
     assert TaskExecution.objects.filter(pk=execution.pk, next_attempt_at=later).exists()
     rows.update(TaskExecution, {"pk": execution.pk}, {"result": None})
     assert TaskExecution.objects.filter(pk=execution.pk, result__isnull=True).exists()
+
+
+def test_update_and_exists_answers_in_the_same_statement(
+    user: Any, django_assert_num_queries: Any
+) -> None:
+    task = _task(user)
+    execution = TaskExecution.objects.create(task=task, trigger="manual")
+    listening = (ScheduledTask, [("owner_id", user.pk), ("listens_for", "rows.test")])
+    nobody = (ScheduledTask, [("owner_id", user.pk), ("listens_for", "other")])
+    with django_assert_num_queries(1):
+        assert rows.update_and_exists(
+            TaskExecution, {"pk": execution.pk}, {"worker": "a"}, exists=listening
+        ) == (1, True)
+    assert rows.update_and_exists(
+        TaskExecution, {"pk": execution.pk}, {"worker": "b"}, exists=nobody
+    ) == (1, False)
+    assert rows.update_and_exists(
+        TaskExecution, {"pk": execution.pk, "worker": "a"}, {"worker": "c"}, exists=listening
+    ) == (0, False)
+    assert TaskExecution.objects.get(pk=execution.pk).worker == "b"

@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 
 from tasks_app.api.webhooks import PerWebhookThrottle
 from tasks_app.models import ExecutionStatus, ScheduledTask, TaskExecution, TaskWebhook
-from tasks_app.services import triggers
+from tasks_app.services import dispatch, executions, triggers
 from tasks_app.services.definitions import task_create
 from tasks_app.services.executions import _finish
 from tests.api_clients import forced_client, token_client
@@ -437,6 +437,33 @@ def test_task_b_runs_once_when_task_a_fails(api: APIClient) -> None:
     }
     assert len(executions_of(any_failure["id"])) == 1
     assert executions_of(on_success["id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [
+        ({"type": "file-operation", "operation": "list"}, "completed"),
+        ({"type": "file-operation", "operation": "read", "path": "missing.txt"}, "failed"),
+    ],
+)
+def test_a_run_starts_the_tasks_listening_to_its_outcome(
+    api: APIClient, action: dict[str, Any], status: str
+) -> None:
+    """Through the worker's own path: the outcome's statement finds the listeners."""
+    source = ScheduledTask.objects.get(pk=trigger_task(api)["id"])
+    source.action = action
+    source.save()
+    on_success, on_failure = event_task(api, "task.completed"), event_task(api, "task.failed")
+    execution = dispatch.task_run_now(task=source)
+    claimed = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="w:1")
+    assert claimed is not None
+    assert executions.execution_run(execution=claimed).status == status
+    started = {
+        "completed": executions_of(on_success["id"]),
+        "failed": executions_of(on_failure["id"]),
+    }
+    assert len(started[status]) == 1 and started[status][0].payload["execution"]["status"] == status
+    assert [run for other, runs in started.items() if other != status for run in runs] == []
 
 
 def test_a_trigger_loop_stops_at_the_depth_limit(api: APIClient) -> None:

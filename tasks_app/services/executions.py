@@ -49,6 +49,7 @@ from ..specs import RetryPolicy
 from ..storable import storable, storable_text
 from .conditions import conditions_unmet
 from .host import execution_context
+from .triggers import listeners, system_event_emit, system_event_name
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +158,12 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
     """Take the execution for ``attempt``; None when this delivery must not run it.
 
     The usual case, the attempt that is due, is one compare-and-set UPDATE that returns
-    the row, then a read of its task (no transaction, no lock). Anything else, a
+    the row and its task (no transaction, no lock). Anything else, a
     duplicate or a takeover from a holder that may be dead, is judged under the row's
     lock."""
     now = timezone.now()  # the attempt starts as the worker takes it up
     entry = log_entry(f"attempt {attempt} started on {worker}")
-    execution = rows.update(
+    execution = rows.update_returning(
         TaskExecution,
         {
             "pk": execution_id,
@@ -174,13 +175,9 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
             **_taken(attempt=attempt, worker=worker, now=now, deliveries=1),
             "logs": rows.Append([entry]),
         },
-        returning=True,
+        related="task",
     )
     if execution is not None:
-        task = rows.get(ScheduledTask, {"pk": execution.task_id})
-        if task is None:
-            return None  # deleted meanwhile (its executions go with it)
-        execution.task = task
         return execution
     return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker, now=now)
 
@@ -419,8 +416,9 @@ def _write_outcome(
     if retry_in is not None:
         row["next_attempt_at"] = now + timedelta(seconds=retry_in)
     with transaction.atomic():
-        # Compare-and-set: only the holder of this attempt records its outcome.
-        won = rows.update(
+        # Compare-and-set: only the holder of this attempt records its outcome; the same
+        # statement tells whether any task listens to the run's task.completed/failed.
+        won, listened = rows.update_and_exists(
             TaskExecution,
             {
                 "pk": execution.pk,
@@ -434,6 +432,10 @@ def _write_outcome(
                 "output_tokens": rows.Add(usage[1]),
                 "logs": rows.Append(logs),
             },
+            exists=(
+                ScheduledTask,
+                listeners(execution.task.owner_id, system_event_name(status)),
+            ),
         )
         if not won:
             logger.warning(
@@ -445,7 +447,7 @@ def _write_outcome(
         execution.logs = [*_as_list(execution.logs), *logs]
         execution.input_tokens += usage[0]
         execution.output_tokens += usage[1]
-        _after_finish(execution, status)
+        _after_finish(execution, status, listened=listened)
     return Outcome(status=status, retry_in=retry_in)
 
 
@@ -481,7 +483,7 @@ def _finish(
     _after_finish(execution, status)
 
 
-def _after_finish(execution: TaskExecution, status: str) -> None:
+def _after_finish(execution: TaskExecution, status: str, *, listened: bool = True) -> None:
     """What a recorded state sets off: the task.completed / task.failed events, the task's
     counters, notifications, held runs released.
 
@@ -493,9 +495,7 @@ def _after_finish(execution: TaskExecution, status: str) -> None:
     if status == ExecutionStatus.RETRYING:
         return  # the run is not over
     done = status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
-    if done:
-        from .triggers import system_event_emit
-
+    if done and listened:  # (False: the outcome's statement found no listener)
         system_event_emit(execution=execution, status=status)
     task = execution.task
     current = False

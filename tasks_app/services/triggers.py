@@ -234,6 +234,22 @@ def _id(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def listeners(owner_id: int, name: str) -> list[tuple[str, Any]]:
+    """The conditions (``rows``) of the owner's tasks that run on the event ``name``,
+    answered by the (owner, listens_for) index."""
+    return [
+        ("owner_id", owner_id),
+        ("listens_for", name),
+        ("listens_for", rows.Not("")),  # the index's own condition: SQLite uses it only so
+        ("status", TaskStatus.ACTIVE),
+        ("type", TaskType.TRIGGER),
+    ]
+
+
+def system_event_name(status: str) -> str:
+    return "task.completed" if status == ExecutionStatus.COMPLETED else "task.failed"
+
+
 def event_emit(
     *,
     owner_id: int,
@@ -243,14 +259,7 @@ def event_emit(
     source_task_id: Any = None,
 ) -> list[TaskExecution]:
     """Run every active task of the owner whose trigger is the event ``name``."""
-    listeners = [
-        ("owner_id", owner_id),
-        ("listens_for", name),
-        ("listens_for", rows.Not("")),  # the index's own condition: SQLite uses it only so
-        ("status", TaskStatus.ACTIVE),
-        ("type", TaskType.TRIGGER),
-    ]
-    if not rows.exists(ScheduledTask, listeners):  # the usual answer, asked of the index
+    if not rows.exists(ScheduledTask, listeners(owner_id, name)):  # the usual answer
         return []
     tasks = ScheduledTask.objects.filter(
         owner_id=owner_id, listens_for=name, status=TaskStatus.ACTIVE, type=TaskType.TRIGGER
@@ -271,7 +280,7 @@ def event_emit(
 def system_event_emit(*, execution: TaskExecution, status: str) -> None:
     """``task.completed`` / ``task.failed`` for an execution that just finished."""
     task = execution.task
-    name = "task.completed" if status == ExecutionStatus.COMPLETED else "task.failed"
+    name = system_event_name(status)
     payload = {
         "event": name,
         "task": {"id": str(task.pk), "name": task.name},
