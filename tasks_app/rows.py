@@ -151,12 +151,20 @@ def get(model: type[M], where: Where, *, alias: str = "default") -> M | None:
     return None if found is None else _row(model, meta, found, alias)
 
 
-def exists(model: type[models.Model], where: Where, *, alias: str = "default") -> bool:
+def exists_sql(
+    model: type[models.Model], where: Where, *, alias: str = "default"
+) -> tuple[str, list[Any]]:
+    """``EXISTS (...)`` for a row ``where`` matches, to put in a larger statement."""
     meta = _meta(model, alias)
     condition, params = _where(meta, where, alias)
+    return f"EXISTS (SELECT 1 FROM {meta.table} WHERE {condition})", params
+
+
+def exists(model: type[models.Model], where: Where, *, alias: str = "default") -> bool:
+    sql, params = exists_sql(model, where, alias=alias)
     with connections[alias].cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {meta.table} WHERE {condition} LIMIT 1", params)
-        return cursor.fetchone() is not None
+        cursor.execute(f"SELECT {sql}", params)
+        return bool(cursor.fetchone()[0])
 
 
 def _set(meta: _Meta, values: dict[str, Any], alias: str) -> tuple[str, list[Any]]:
@@ -177,7 +185,10 @@ def _set(meta: _Meta, values: dict[str, Any], alias: str) -> tuple[str, list[Any
     return ", ".join(assignments), params
 
 
-def _update(model: type[models.Model], where: Where, values: dict[str, Any], alias: str) -> Any:
+def update_sql(
+    model: type[models.Model], where: Where, values: dict[str, Any], *, alias: str = "default"
+) -> tuple[str, list[Any]]:
+    """The UPDATE statement, ending with its WHERE (more conditions may follow)."""
     meta = _meta(model, alias)
     assignments, params = _set(meta, values, alias)
     condition, where_params = _where(meta, where, alias)
@@ -188,7 +199,7 @@ def update(
     model: type[models.Model], where: Where, values: dict[str, Any], *, alias: str = "default"
 ) -> int:
     """UPDATE the rows ``where`` matches; how many it changed."""
-    sql, params = _update(model, where, values, alias)
+    sql, params = update_sql(model, where, values, alias=alias)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
@@ -207,7 +218,7 @@ def update_returning(
     statement on PostgreSQL, read after it on SQLite (whose RETURNING cannot join)."""
     connection = connections[alias]
     meta = _meta(model, alias)
-    sql, params = _update(model, where, values, alias)
+    sql, params = update_sql(model, where, values, alias=alias)
     other = None if related is None else cast(models.ForeignKey, model._meta.get_field(related))
     with connection.cursor() as cursor:
         if other is None or connection.vendor != "postgresql":
@@ -258,14 +269,9 @@ def update_and_exists(
     """UPDATE the rows ``where`` matches and, in the same statement, tell whether a row
     of ``exists`` (a model and its where) exists: (rows changed, exists); the answer is
     False when no row changed."""
-    sql, params = _update(model, where, values, alias)
-    other, other_where = exists
-    other_meta = _meta(other, alias)
-    condition, other_params = _where(other_meta, other_where, alias)
+    sql, params = update_sql(model, where, values, alias=alias)
+    found_sql, found_params = exists_sql(*exists, alias=alias)
     with connections[alias].cursor() as cursor:
-        cursor.execute(
-            f"{sql} RETURNING EXISTS(SELECT 1 FROM {other_meta.table} WHERE {condition})",
-            [*params, *other_params],
-        )
+        cursor.execute(f"{sql} RETURNING {found_sql}", [*params, *found_params])
         found = cursor.fetchall()
     return len(found), bool(found and found[0][0])

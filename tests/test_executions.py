@@ -984,3 +984,99 @@ def test_the_soft_time_limit_interrupts_the_attempt_and_the_retry_policy_applies
     assert outcome == executions.Outcome(status=ExecutionStatus.RETRYING, retry_in=60.0)
     stored = TaskExecution.objects.get(pk=claimed.pk)
     assert stored.error == "the action ran past its time limit and was interrupted"
+
+
+def _postgresql_only() -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("POSTGRESQL ONLY: the one-statement outcome is a data-modifying WITH")
+
+
+def test_a_usual_outcome_is_one_statement_with_the_counters(user: Any) -> None:
+    """A recurring task's run that nobody listens to: its outcome and its task's counters
+    are one statement (one round trip, atomic by itself)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _postgresql_only()
+    task = webhook_task(user, "https://example.com/x")
+    claimed = claim(queued(task), 1, "a:1")
+    assert claimed is not None
+    with CaptureQueriesContext(connection) as queries:
+        outcome = executions.execution_finish(
+            execution=claimed,
+            status=ExecutionStatus.COMPLETED,
+            logs=[executions.log_entry("done")],
+            started=0.0,
+            result={"ok": True},
+        )
+    assert outcome.status == ExecutionStatus.COMPLETED
+    assert [q["sql"].split(" AS ")[0] for q in queries.captured_queries] == ["WITH done"]
+    stored = TaskExecution.objects.get(pk=claimed.pk)
+    assert (stored.status, stored.result) == (ExecutionStatus.COMPLETED, {"ok": True})
+    assert messages_of(stored)[-1] == "done"
+    task.refresh_from_db()
+    assert (task.run_count, task.last_run) == (1, claimed.started_at)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_saved_in_the_instant_of_the_outcome_still_counts_the_run(user: Any) -> None:
+    """The task's row is saved (committed) while the outcome's statement waits for its
+    lock: the outcome is written, its counters then under the task's lock as it is now."""
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    _postgresql_only()
+    task = webhook_task(user, "https://example.com/x")
+    claimed = claim(queued(task), 1, "a:1")
+    assert claimed is not None
+    locked, release = threading.Event(), threading.Event()
+
+    def edit() -> None:
+        try:
+            with transaction.atomic():
+                row = ScheduledTask.objects.select_for_update().get(pk=task.pk)
+                row.description = "edited"
+                row.save(update_fields=["description"])
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    editor = threading.Thread(target=edit)
+    editor.start()
+    assert locked.wait(10)
+    outcomes: list[Any] = []
+
+    def finish() -> None:
+        try:
+            outcomes.append(
+                executions.execution_finish(
+                    execution=claimed, status=ExecutionStatus.COMPLETED, logs=[], started=0.0
+                )
+            )
+        finally:
+            connections.close_all()
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    with connection.cursor() as cursor:  # the outcome's statement waits for the task's lock
+        for _ in range(100):
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'WITH done AS%%'"
+            )
+            if cursor.fetchone()[0]:
+                break
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail("the outcome's statement never waited for the task's lock")
+    release.set()
+    editor.join(10)
+    finisher.join(10)
+    assert [o.status for o in outcomes] == [ExecutionStatus.COMPLETED]
+    assert TaskExecution.objects.get(pk=claimed.pk).status == ExecutionStatus.COMPLETED
+    stored = ScheduledTask.objects.get(pk=task.pk)
+    assert (stored.description, stored.run_count) == ("edited", 1)

@@ -281,11 +281,13 @@ def test_overlap_queue_holds_one_and_skips_the_rest(user: Any, memory_broker: An
     ]
 
 
+@pytest.mark.parametrize("path", ["locked", "worker"])
 def test_a_policy_changed_during_a_run_releases_the_run_it_held(
-    user: Any, memory_broker: Any
+    user: Any, memory_broker: Any, path: str
 ) -> None:
     """A run goes by the task as it read it unless the task was saved meanwhile: switched
-    to overlapPolicy queue during the run, the run it held is released when it ends."""
+    to overlapPolicy queue during the run, the run it held is released when it ends
+    (recorded under the row's lock, or by the worker's own outcome)."""
     from django.db import transaction
     from django.test import TestCase
 
@@ -296,8 +298,15 @@ def test_a_policy_changed_during_a_run_releases_the_run_it_held(
     task.save(update_fields=["overlap_policy"])
     assert fire(task, T0 + MINUTE, since=T0, now=T0 + MINUTE) == []
     [held] = [row for row in ledger(task) if row.held]
-    with TestCase.captureOnCommitCallbacks(execute=True), transaction.atomic():
-        executions._finish(as_read, status=ExecutionStatus.COMPLETED, now=timezone.now())
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        if path == "locked":
+            with transaction.atomic():
+                executions._finish(as_read, status=ExecutionStatus.COMPLETED, now=timezone.now())
+        else:
+            outcome = executions.execution_finish(
+                execution=as_read, status=ExecutionStatus.COMPLETED, logs=[], started=0.0
+            )
+            assert outcome.status == ExecutionStatus.COMPLETED
     held.refresh_from_db()
     assert not held.held and held.enqueued_at is not None
     assert [kwargs for _n, kwargs in published(memory_broker)] == [

@@ -24,7 +24,13 @@ from typing import Any, NamedTuple
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 import executors
@@ -415,40 +421,90 @@ def _write_outcome(
     row["duration_ms"] = int((time.monotonic() - started) * 1000)
     if retry_in is not None:
         row["next_attempt_at"] = now + timedelta(seconds=retry_in)
+    # Compare-and-set: only the holder of this attempt records its outcome.
+    holder = {
+        "pk": execution.pk,
+        "status": ExecutionStatus.RUNNING,
+        "attempt": execution.attempt,
+        "worker": execution.worker,
+    }
+    changes = {
+        **row,
+        "input_tokens": rows.Add(usage[0]),
+        "output_tokens": rows.Add(usage[1]),
+        "logs": rows.Append(logs),
+    }
+    heard = (ScheduledTask, listeners(execution.task.owner_id, system_event_name(status)))
+    counted = _write_at_once(execution, status, holder, changes, heard)
+    if counted is not None:
+        _took(execution, row, logs, usage)
+        if counted:
+            _followups(execution, status)
+        else:  # the task was saved since the run read it: go by it as it is now
+            with transaction.atomic():
+                _after_finish(execution, status)
+        return Outcome(status=status, retry_in=retry_in)
     with transaction.atomic():
-        # Compare-and-set: only the holder of this attempt records its outcome; the same
-        # statement tells whether any task listens to the run's task.completed/failed.
-        won, listened = rows.update_and_exists(
-            TaskExecution,
-            {
-                "pk": execution.pk,
-                "status": ExecutionStatus.RUNNING,
-                "attempt": execution.attempt,
-                "worker": execution.worker,
-            },
-            {
-                **row,
-                "input_tokens": rows.Add(usage[0]),
-                "output_tokens": rows.Add(usage[1]),
-                "logs": rows.Append(logs),
-            },
-            exists=(
-                ScheduledTask,
-                listeners(execution.task.owner_id, system_event_name(status)),
-            ),
-        )
+        # The same statement tells whether any task listens to the run's outcome.
+        won, listened = rows.update_and_exists(TaskExecution, holder, changes, exists=heard)
         if not won:
             logger.warning(
                 "execution %s was taken over; dropping this attempt's outcome", execution.pk
             )
             return Outcome(status="superseded")
-        for field, value in row.items():
-            setattr(execution, field, value)
-        execution.logs = [*_as_list(execution.logs), *logs]
-        execution.input_tokens += usage[0]
-        execution.output_tokens += usage[1]
+        _took(execution, row, logs, usage)
         _after_finish(execution, status, listened=listened)
     return Outcome(status=status, retry_in=retry_in)
+
+
+def _write_at_once(
+    execution: TaskExecution,
+    status: str,
+    holder: dict[str, Any],
+    changes: dict[str, Any],
+    heard: tuple[type[ScheduledTask], rows.Where],
+) -> bool | None:
+    """The usual outcome in one statement, so in one round trip and atomic by itself: a
+    recurring or trigger task's run completed or failed and nobody listens to it. The
+    outcome is written, and the task's counters with it when the task was not saved
+    since the run read it. Returns whether they were (False: the task was saved since;
+    the caller goes by it as it is now), or None when the statement wrote nothing and
+    the general path decides (a listener, a superseded attempt). PostgreSQL only (a
+    data-modifying WITH)."""
+    task = execution.task
+    if not (
+        status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
+        and task.type != TaskType.ONE_TIME
+        and connection.vendor == "postgresql"
+    ):
+        return None
+    same = {"pk": task.pk, "updated_at": task.updated_at}
+    done, done_params = rows.update_sql(TaskExecution, holder, changes)
+    unheard, unheard_params = rows.exists_sql(*heard)
+    count, count_params = rows.update_sql(ScheduledTask, same, _counters(execution))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH done AS ({done} AND NOT {unheard} RETURNING 1), "
+            f"counted AS ({count} AND EXISTS (SELECT 1 FROM done) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM counted)",
+            [*done_params, *unheard_params, *count_params],
+        )
+        written, counted = cursor.fetchone()
+    return bool(counted) if written else None
+
+
+def _took(
+    execution: TaskExecution,
+    row: dict[str, Any],
+    logs: list[dict[str, str]],
+    usage: tuple[int, int],
+) -> None:
+    """The recorded outcome on the object in hand, as the database now holds it."""
+    for field, value in row.items():
+        setattr(execution, field, value)
+    execution.logs = [*_as_list(execution.logs), *logs]
+    execution.input_tokens += usage[0]
+    execution.output_tokens += usage[1]
 
 
 def _as_list(logs: Any) -> list[Any]:
@@ -513,18 +569,23 @@ def _after_finish(execution: TaskExecution, status: str, *, listened: bool = Tru
         execution.task = task = fresh
         if done:
             _record_on_task(task, execution, status)
-    if done:
-        _notify_after_commit(execution, status)
-    elif status == ExecutionStatus.SKIPPED and _is_the_one_time_occurrence(execution):
+    if status == ExecutionStatus.SKIPPED and _is_the_one_time_occurrence(execution):
         # A one-time task whose single occurrence was skipped (a condition did not hold)
         # will never run: it is done, not "active" forever with no next run.
         task.status = TaskStatus.COMPLETED
         task.save(update_fields=["status", "updated_at"])
         ScheduledTask.objects.filter(pk=task.pk).update(next_run=None)
-    if _may_hold(task):
+    _followups(execution, status)
+
+
+def _followups(execution: TaskExecution, status: str) -> None:
+    """Notifications of a finished run, and the runs its task held back."""
+    if status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+        _notify_after_commit(execution, status)
+    if _may_hold(execution.task):
         from .occurrences import waiting_release
 
-        waiting_release(task_id=task.pk)  # overlapPolicy queue, catch-up
+        waiting_release(task_id=execution.task.pk)  # overlapPolicy queue, catch-up
 
 
 def _may_hold(task: ScheduledTask) -> bool:
