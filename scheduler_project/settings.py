@@ -260,6 +260,10 @@ CELERY_RESULT_EXTENDED = True
 # per run (django-celery-results' "Task results") repeats it and costs a write per run.
 # True stores those rows as well.
 SCHEDULER_CELERY_RESULTS = env_bool("SCHEDULER_CELERY_RESULTS", False)
+# The worker's own statements (tasks_app.rows) are prepared once per PostgreSQL connection.
+# False behind a pooler that cannot keep prepared statements (PgBouncer before 1.21 in
+# transaction mode).
+SCHEDULER_PREPARED_STATEMENTS = env_bool("SCHEDULER_PREPARED_STATEMENTS", True)
 CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 CELERY_TASK_SERIALIZER = "json"

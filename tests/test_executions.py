@@ -1012,7 +1012,7 @@ def test_a_usual_outcome_is_one_statement_with_the_counters(user: Any) -> None:
             result={"ok": True},
         )
     assert outcome.status == ExecutionStatus.COMPLETED
-    assert [q["sql"].split(" AS ")[0] for q in queries.captured_queries] == ["WITH done"]
+    assert len(queries.captured_queries) == 1
     stored = TaskExecution.objects.get(pk=claimed.pk)
     assert (stored.status, stored.result) == (ExecutionStatus.COMPLETED, {"ok": True})
     assert messages_of(stored)[-1] == "done"

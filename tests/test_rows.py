@@ -170,3 +170,23 @@ def test_update_and_exists_answers_in_the_same_statement(
         TaskExecution, {"pk": execution.pk, "worker": "a"}, {"worker": "c"}, exists=listening
     ) == (0, False)
     assert TaskExecution.objects.get(pk=execution.pk).worker == "b"
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_postgresql_prepares_these_statements_once_per_connection(
+    user: Any, settings: Any, prepared: bool
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("POSTGRESQL ONLY: prepared statements")
+    settings.SCHEDULER_PREPARED_STATEMENTS = prepared
+    task = _task(user)
+    for _ in range(3):
+        execution = TaskExecution.objects.create(task=task, trigger="manual")
+        assert rows.update(TaskExecution, {"pk": execution.pk}, {"worker": "w"}) == 1
+    TaskExecution.objects.filter(task=task).count()  # Django's own, inline values
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        statements = [text for (text,) in cursor.fetchall()]
+    ours = [text for text in statements if text.startswith('UPDATE "task_executions"')]
+    assert len(ours) == (1 if prepared else 0)
+    assert not [text for text in statements if "COUNT(" in text.upper()]

@@ -482,7 +482,7 @@ def _write_at_once(
     done, done_params = rows.update_sql(TaskExecution, holder, changes)
     unheard, unheard_params = rows.exists_sql(*heard)
     count, count_params = rows.update_sql(ScheduledTask, same, _counters(execution))
-    with connection.cursor() as cursor:
+    with rows.cursor() as cursor:
         cursor.execute(
             f"WITH done AS ({done} AND NOT {unheard} RETURNING 1), "
             f"counted AS ({count} AND EXISTS (SELECT 1 FROM done) RETURNING 1) "
