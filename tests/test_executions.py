@@ -342,11 +342,11 @@ def test_live_holder_on_another_host_blocks(user: Any, conf: Any) -> None:
     )
 
 
-def test_a_claim_that_loses_the_race_after_its_read_is_judged_under_the_lock(
+def test_a_claim_that_loses_the_race_is_judged_under_the_lock(
     user: Any, conf: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The usual claim reads the row, then sets it only if it is still as read: another
-    worker taking the attempt in between wins, and this delivery is then refused."""
+    """The usual claim sets the row only while it is waiting at the previous attempt:
+    another worker taking the attempt just before wins, and this delivery is refused."""
     execution = queued(webhook_task(user, "https://example.com/x"))
     entry = executions.log_entry
 
