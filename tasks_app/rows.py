@@ -170,12 +170,26 @@ def cursor(alias: str = "default") -> Any:
 
 @functools.cache
 def _prepared_cursor_class() -> type:
+    import psycopg
     from django.db.backends.postgresql.base import ServerBindingCursor
 
     class PreparedCursor(ServerBindingCursor):  # type: ignore[misc,valid-type]
         def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
             options["prepare"] = True
-            return super().execute(query, params, **options)  # type: ignore[misc]
+            try:
+                return super().execute(query, params, **options)  # type: ignore[misc]
+            except psycopg.errors.FeatureNotSupported as exc:
+                if "cached plan must not change result type" not in str(exc):
+                    raise
+                # A migration changed a column under a statement prepared before it.
+                raw: Any = self.connection  # type: ignore[attr-defined]  # psycopg Cursor
+                if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    # The transaction is lost: drop the connection, so that the caller's
+                    # retry (execution_finish retries OperationalError) starts afresh.
+                    raw.close()
+                    raise psycopg.OperationalError(f"{exc}; reconnecting") from exc
+                raw.execute("DEALLOCATE ALL")  # psycopg forgets its prepared statements too
+                return super().execute(query, params, **options)  # type: ignore[misc]
 
     return PreparedCursor
 

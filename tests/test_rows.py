@@ -190,3 +190,45 @@ def test_postgresql_prepares_these_statements_once_per_connection(
     ours = [text for text in statements if text.startswith('UPDATE "task_executions"')]
     assert len(ours) == (1 if prepared else 0)
     assert not [text for text in statements if "COUNT(" in text.upper()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_survive_a_migration_that_changes_their_columns(
+    user: Any, settings: Any
+) -> None:
+    """A column type changed under a prepared statement (a migration while workers run):
+    outside a transaction the statement is prepared again; inside one, the connection is
+    dropped with an OperationalError (what execution_finish retries), and the retry works."""
+    import psycopg
+    from django.db import OperationalError, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("POSTGRESQL ONLY: prepared statements")
+    settings.SCHEDULER_PREPARED_STATEMENTS = True
+    execution = TaskExecution.objects.create(task=_task(user), trigger="manual")
+    wanted = {"pk": execution.pk}
+
+    def migrate(length: int) -> None:
+        params = connection.get_connection_params()
+        with psycopg.connect(
+            host=params.get("host"),
+            port=params.get("port"),
+            user=params.get("user"),
+            dbname=params.get("dbname"),
+            autocommit=True,
+        ) as other:
+            other.execute(f"ALTER TABLE task_executions ALTER COLUMN worker TYPE varchar({length})")
+
+    assert rows.update_returning(TaskExecution, wanted, {"worker": "a"}) is not None
+    try:
+        migrate(300)
+        taken = rows.update_returning(TaskExecution, wanted, {"worker": "b"})
+        assert taken is not None and taken.worker == "b"
+        migrate(400)
+        with pytest.raises(OperationalError), transaction.atomic():
+            rows.update_returning(TaskExecution, wanted, {"worker": "c"})
+        taken = rows.update_returning(TaskExecution, wanted, {"worker": "d"})
+        assert taken is not None and taken.worker == "d"
+    finally:
+        connection.close()
+        migrate(255)

@@ -24,13 +24,7 @@ from typing import Any, NamedTuple
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import (
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connection,
-    transaction,
-)
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
 import executors
@@ -435,15 +429,6 @@ def _write_outcome(
         "logs": rows.Append(logs),
     }
     heard = (ScheduledTask, listeners(execution.task.owner_id, system_event_name(status)))
-    counted = _write_at_once(execution, status, holder, changes, heard)
-    if counted is not None:
-        _took(execution, row, logs, usage)
-        if counted:
-            _followups(execution, status)
-        else:  # the task was saved since the run read it: go by it as it is now
-            with transaction.atomic():
-                _after_finish(execution, status)
-        return Outcome(status=status, retry_in=retry_in)
     with transaction.atomic():
         # The same statement tells whether any task listens to the run's outcome.
         won, listened = rows.update_and_exists(TaskExecution, holder, changes, exists=heard)
@@ -455,42 +440,6 @@ def _write_outcome(
         _took(execution, row, logs, usage)
         _after_finish(execution, status, listened=listened)
     return Outcome(status=status, retry_in=retry_in)
-
-
-def _write_at_once(
-    execution: TaskExecution,
-    status: str,
-    holder: dict[str, Any],
-    changes: dict[str, Any],
-    heard: tuple[type[ScheduledTask], rows.Where],
-) -> bool | None:
-    """The usual outcome in one statement, so in one round trip and atomic by itself: a
-    recurring or trigger task's run completed or failed and nobody listens to it. The
-    outcome is written, and the task's counters with it when the task was not saved
-    since the run read it. Returns whether they were (False: the task was saved since;
-    the caller goes by it as it is now), or None when the statement wrote nothing and
-    the general path decides (a listener, a superseded attempt). PostgreSQL only (a
-    data-modifying WITH)."""
-    task = execution.task
-    if not (
-        status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
-        and task.type != TaskType.ONE_TIME
-        and connection.vendor == "postgresql"
-    ):
-        return None
-    same = {"pk": task.pk, "updated_at": task.updated_at}
-    done, done_params = rows.update_sql(TaskExecution, holder, changes)
-    unheard, unheard_params = rows.exists_sql(*heard)
-    count, count_params = rows.update_sql(ScheduledTask, same, _counters(execution))
-    with rows.cursor() as cursor:
-        cursor.execute(
-            f"WITH done AS ({done} AND NOT {unheard} RETURNING 1), "
-            f"counted AS ({count} AND EXISTS (SELECT 1 FROM done) RETURNING 1) "
-            "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM counted)",
-            [*done_params, *unheard_params, *count_params],
-        )
-        written, counted = cursor.fetchone()
-    return bool(counted) if written else None
 
 
 def _took(
