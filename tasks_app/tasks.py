@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
 from celery import Task, shared_task, signals
 from celery.exceptions import Ignore, TimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from .conf import (
     CLEANUP_TASK_NAME,
@@ -21,16 +22,45 @@ from .conf import (
 from .models import ExecutionStatus
 from .services import chains, executions, occurrences, recovery
 
+#: A kept connection that was fine at the end of a task less than this many seconds ago
+#: is not tested again before the next task's first query.
+FRESH_CONNECTION_SECONDS = 1.0
+
 
 @signals.task_prerun.connect
-@signals.task_postrun.connect
-def _database_connections(sender: Task | None = None, **_: Any) -> None:
-    """Around every task, what Django does around every request: close connections that
+def _database_connections_before(sender: Task | None = None, **_: Any) -> None:
+    """Before every task, what Django does before every request: close connections that
     failed or outlived CONN_MAX_AGE; CONN_HEALTH_CHECKS tests the one kept before its first
-    query. Celery's own Django fix-up would close every connection around every task (a new
-    PostgreSQL session per run); CELERY_DB_REUSE_MAX in settings holds it back."""
-    if sender is not None and not getattr(sender.request, "is_eager", False):
-        close_old_connections()
+    query, a round trip, unless it was fine at the end of a task a moment ago (a busy
+    worker runs hundreds of tasks a second on it; a connection that breaks anyway fails
+    its first query, and the claim takes a new one and tries again). Celery's own Django
+    fix-up would close every connection around every task (a new PostgreSQL session per
+    run); CELERY_DB_REUSE_MAX in settings holds it back."""
+    if sender is None or getattr(sender.request, "is_eager", False):
+        return
+    close_old_connections()
+    now = time.monotonic()
+    for connection in connections.all(initialized_only=True):
+        fine_at = getattr(connection, "scheduler_fine_at", None)
+        if (
+            connection.connection is not None
+            and fine_at is not None
+            and now - fine_at < FRESH_CONNECTION_SECONDS
+        ):
+            connection.health_check_done = True  # type: ignore[attr-defined]
+
+
+@signals.task_postrun.connect
+def _database_connections_after(sender: Task | None = None, **_: Any) -> None:
+    """After every task: close connections that failed (tested) or outlived CONN_MAX_AGE,
+    and note when the others were last seen fine."""
+    if sender is None or getattr(sender.request, "is_eager", False):
+        return
+    close_old_connections()
+    now = time.monotonic()
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.errors_occurred:
+            setattr(connection, "scheduler_fine_at", now)  # noqa: B010 (Django's object)
 
 
 class RunTask(Task):

@@ -24,7 +24,13 @@ from typing import Any, NamedTuple
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 import executors
@@ -163,20 +169,26 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
     lock."""
     now = timezone.now()  # the attempt starts as the worker takes it up
     entry = log_entry(f"attempt {attempt} started on {worker}")
-    execution = rows.update_returning(
-        TaskExecution,
-        {
-            "pk": execution_id,
-            "status": rows.In(WAITING),
-            "attempt": attempt - 1,
-            "current_step": None,
-        },
-        {
-            **_taken(attempt=attempt, worker=worker, now=now, deliveries=1),
-            "logs": rows.Append([entry]),
-        },
-        related="task",
-    )
+    due = {"pk": execution_id, "status": rows.In(WAITING), "attempt": attempt - 1}
+    taken = {
+        **_taken(attempt=attempt, worker=worker, now=now, deliveries=1),
+        "logs": rows.Append([entry]),
+    }
+    try:
+        execution = rows.update_returning(
+            TaskExecution, {**due, "current_step": None}, taken, related="task"
+        )
+    except (OperationalError, InterfaceError):
+        # The kept connection broke since the last task (it is not tested before every
+        # task): once more on a new one. Had the first try taken the attempt before its
+        # answer was lost, this thread of this process holds it, and the judgement under
+        # the lock below gives it back to us.
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        execution = rows.update_returning(
+            TaskExecution, {**due, "current_step": None}, taken, related="task"
+        )
     if execution is not None:
         return execution
     return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker, now=now)
@@ -429,6 +441,10 @@ def _write_outcome(
         "logs": rows.Append(logs),
     }
     heard = (ScheduledTask, listeners(execution.task.owner_id, system_event_name(status)))
+    if _write_at_once(execution, status, holder, changes, heard):
+        _took(execution, row, logs, usage)
+        _followups(execution, status)  # (notifications; the statement ruled out the rest)
+        return Outcome(status=status, retry_in=retry_in)
     with transaction.atomic():
         # The same statement tells whether any task listens to the run's outcome.
         won, listened = rows.update_and_exists(TaskExecution, holder, changes, exists=heard)
@@ -440,6 +456,48 @@ def _write_outcome(
         _took(execution, row, logs, usage)
         _after_finish(execution, status, listened=listened)
     return Outcome(status=status, retry_in=retry_in)
+
+
+def _write_at_once(
+    execution: TaskExecution,
+    status: str,
+    holder: dict[str, Any],
+    changes: dict[str, Any],
+    heard: tuple[type[ScheduledTask], rows.Where],
+) -> bool:
+    """The usual outcome as one statement, so one round trip instead of four (BEGIN, the
+    row, the counters, COMMIT): a recurring or trigger task's run completed or failed, the
+    task holds no runs back, nobody listens to the outcome and the task was not saved since
+    the run read it. The statement writes the row and the task's counters, or nothing:
+    then the general path decides (returns False). Nothing written to the database
+    follows it (no events, no runs to release), so it is the whole outcome, as atomic as
+    the transaction; notifications are sent after it, as after that transaction's commit.
+    PostgreSQL only (a data-modifying WITH)."""
+    task = execution.task
+    if not (
+        status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
+        and task.type != TaskType.ONE_TIME
+        and not _may_hold(task)
+        and connection.vendor == "postgresql"
+    ):
+        return False
+    done, done_params = rows.update_sql(TaskExecution, holder, changes)
+    unheard, unheard_params = rows.exists_sql(*heard)
+    same, same_params = rows.exists_sql(
+        ScheduledTask, {"pk": task.pk, "updated_at": task.updated_at}
+    )
+    # The counters go by the task's id alone: a save that commits while this statement
+    # waits for the task's row still counts the run (their SET adds to the row as it is).
+    count, count_params = rows.update_sql(ScheduledTask, {"pk": task.pk}, _counters(execution))
+    with rows.cursor() as cursor:
+        cursor.execute(
+            f"WITH done AS ({done} AND NOT {unheard} AND {same} RETURNING 1), "
+            f"counted AS ({count} AND EXISTS (SELECT 1 FROM done) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM counted)",
+            [*done_params, *unheard_params, *same_params, *count_params],
+        )
+        written, _counted = cursor.fetchone()  # (0 only if the task is gone, and its runs)
+    return bool(written)
 
 
 def _took(
