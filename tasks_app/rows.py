@@ -179,7 +179,8 @@ def _prepared_cursor_class() -> type:
             try:
                 return super().execute(query, params, **options)  # type: ignore[misc]
             except psycopg.errors.FeatureNotSupported as exc:
-                if "cached plan must not change result type" not in str(exc):
+                # "cached plan must not change result type" (in any server language)
+                if exc.diag.source_function != "RevalidateCachedQuery":
                     raise
                 # A migration changed a column under a statement prepared before it.
                 raw: Any = self.connection  # type: ignore[attr-defined]  # psycopg Cursor

@@ -22,23 +22,28 @@ from .conf import (
 from .models import ExecutionStatus
 from .services import chains, executions, occurrences, recovery
 
-#: A kept connection that was fine at the end of a task less than this many seconds ago
-#: is not tested again before the next task's first query.
+#: A kept connection that was fine at the end of a run less than this many seconds ago
+#: is not tested again before the next run's first query.
 FRESH_CONNECTION_SECONDS = 1.0
 
 
 @signals.task_prerun.connect
-def _database_connections_before(sender: Task | None = None, **_: Any) -> None:
+def _database_connections_before(
+    sender: Task | None = None, kwargs: dict[str, Any] | None = None, **_: Any
+) -> None:
     """Before every task, what Django does before every request: close connections that
     failed or outlived CONN_MAX_AGE; CONN_HEALTH_CHECKS tests the one kept before its first
-    query, a round trip, unless it was fine at the end of a task a moment ago (a busy
-    worker runs hundreds of tasks a second on it; a connection that breaks anyway fails
-    its first query, and the claim takes a new one and tries again). Celery's own Django
+    query. A run of an execution skips that round trip when its connection was fine at the
+    end of a run a moment ago (a busy worker runs hundreds a second on it): its first
+    query is the claim, which takes a new connection and tries again when the kept one
+    broke meanwhile. Every other task is tested as Django would. Celery's own Django
     fix-up would close every connection around every task (a new PostgreSQL session per
     run); CELERY_DB_REUSE_MAX in settings holds it back."""
     if sender is None or getattr(sender.request, "is_eager", False):
         return
     close_old_connections()
+    if sender.name != RUN_TASK_NAME or not (kwargs or {}).get("execution_id"):
+        return
     now = time.monotonic()
     for connection in connections.all(initialized_only=True):
         fine_at = getattr(connection, "scheduler_fine_at", None)
@@ -51,16 +56,36 @@ def _database_connections_before(sender: Task | None = None, **_: Any) -> None:
 
 
 @signals.task_postrun.connect
-def _database_connections_after(sender: Task | None = None, **_: Any) -> None:
-    """After every task: close connections that failed (tested) or outlived CONN_MAX_AGE,
-    and note when the others were last seen fine."""
+def _database_connections_after(
+    sender: Task | None = None, state: str | None = None, **_: Any
+) -> None:
+    """After every task: close connections that failed (tested) or outlived CONN_MAX_AGE.
+    After a run that succeeded, note the kept connections seen fine: no error, and idle
+    (not left in a query or a transaction by an interrupted action)."""
     if sender is None or getattr(sender.request, "is_eager", False):
         return
     close_old_connections()
+    if sender.name != RUN_TASK_NAME or state != "SUCCESS":
+        return
     now = time.monotonic()
     for connection in connections.all(initialized_only=True):
-        if connection.connection is not None and not connection.errors_occurred:
+        if (
+            connection.connection is not None
+            and not connection.errors_occurred
+            and _idle(connection.connection)
+        ):
             setattr(connection, "scheduler_fine_at", now)  # noqa: B010 (Django's object)
+
+
+def _idle(raw: Any) -> bool:
+    """No query in progress and no transaction open (psycopg's view; SQLite's connections
+    are in process and always answer)."""
+    info = getattr(raw, "info", None)
+    if info is None:
+        return True
+    from psycopg.pq import TransactionStatus
+
+    return bool(info.transaction_status == TransactionStatus.IDLE)
 
 
 class RunTask(Task):

@@ -948,15 +948,17 @@ def test_outcome_is_recorded_after_the_database_drops_the_connection(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_task_right_after_another_skips_the_health_check_and_survives_a_broken_connection(
+def test_a_run_right_after_another_skips_the_health_check_and_survives_a_broken_connection(
     user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A kept connection that was fine at the end of the last task a moment ago is not
-    tested before the next one (a round trip per run); if it broke meanwhile, the claim
-    takes a new connection and claims once. One seen fine longer ago is tested."""
+    """A kept connection that was fine at the end of the last run a moment ago is not
+    tested before the next run (a round trip per run); if it broke meanwhile, the claim
+    takes a new connection and claims once. Other tasks, runs after a failed run or a
+    connection left in a transaction, and a connection seen fine longer ago are tested."""
     from django.db import connection
 
     from tasks_app import tasks
+    from tasks_app.tasks import notify_execution
 
     if connection.vendor != "postgresql":
         pytest.skip("terminates a PostgreSQL backend")
@@ -964,12 +966,32 @@ def test_a_task_right_after_another_skips_the_health_check_and_survives_a_broken
 
     task = webhook_task(user, "https://example.com/x")
     execution = queued(task)
-    connection.ensure_connection()
-    # as in production settings (the suite's are CONN_MAX_AGE 0, no health checks)
-    connection.close_at, connection.health_check_enabled = None, True
-    tasks._database_connections_after(sender=run_task)
-    tasks._database_connections_before(sender=run_task)
-    assert connection.health_check_done
+    a_run = {"execution_id": str(execution.pk), "attempt": 1}
+
+    def tested_before(sender: Any = run_task, kwargs: Any = a_run) -> bool:
+        tasks._database_connections_before(sender=sender, kwargs=kwargs)
+        assert connection.connection is not None
+        return not connection.health_check_done
+
+    def production_settings() -> None:  # the suite's are CONN_MAX_AGE 0, no health checks
+        connection.ensure_connection()
+        connection.close_at, connection.health_check_enabled = None, True
+        connection.scheduler_fine_at = None
+
+    production_settings()
+    tasks._database_connections_after(sender=run_task, state="FAILURE")
+    assert tested_before()
+    tasks._database_connections_after(sender=notify_execution, state="SUCCESS")
+    assert tested_before()
+    connection.connection.execute("BEGIN")  # left in a transaction
+    tasks._database_connections_after(sender=run_task, state="SUCCESS")
+    connection.connection.execute("ROLLBACK")
+    assert tested_before()
+    tasks._database_connections_after(sender=run_task, state="SUCCESS")
+    assert tested_before(notify_execution, {"execution_id": str(execution.pk)})
+    assert tested_before(run_task, {"task_id": str(task.pk), "scheduled_for": "x"})
+    assert not tested_before()
+
     params = connection.get_connection_params()
     with psycopg.connect(
         host=params.get("host"),
@@ -985,13 +1007,48 @@ def test_a_task_right_after_another_skips_the_health_check_and_survives_a_broken
     assert (stored.status, stored.attempt, stored.deliveries) == (ExecutionStatus.RUNNING, 1, 1)
     assert messages_of(stored) == ["attempt 1 started on a:1"]
 
-    connection.close_at, connection.health_check_enabled = None, True  # the new one too
-    tasks._database_connections_after(sender=run_task)
+    production_settings()  # the new connection
+    tasks._database_connections_after(sender=run_task, state="SUCCESS")
     monkeypatch.setattr(tasks, "FRESH_CONNECTION_SECONDS", 0.0)
-    tasks._database_connections_before(sender=run_task)
-    assert connection.connection is not None
-    assert not connection.health_check_done  # tested before its first query
+    assert tested_before()
     connection.close()  # the next connection takes the suite's settings again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_whose_answer_was_lost_is_its_own_on_the_retry(
+    user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's statement took the attempt but the connection broke before its answer:
+    the retry on a new connection finds this very claim and runs it, not a takeover
+    (no second delivery, no 'interrupted' line; with SCHEDULER_MAX_DELIVERIES 1 it runs)."""
+    from django.db import OperationalError
+
+    from tasks_app import rows
+
+    task = webhook_task(user, "https://example.com/x")
+    execution = queued(task)
+    real = rows.update_returning
+    calls: list[Any] = []
+
+    def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        found = real(*args, **kwargs)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return found
+
+    monkeypatch.setattr(rows, "update_returning", answer_lost)
+    claimed = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="a:1")
+    assert claimed is not None and claimed.task.pk == task.pk
+    assert (claimed.status, claimed.deliveries) == (ExecutionStatus.RUNNING, 1)
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert (stored.status, stored.attempt, stored.deliveries) == (ExecutionStatus.RUNNING, 1, 1)
+    assert messages_of(stored) == ["attempt 1 started on a:1"]
+    # Another delivery of the same attempt is still a duplicate.
+    monkeypatch.setattr(rows, "update_returning", real)
+    assert (
+        executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="b:2") is None
+    )
 
 
 def test_hard_time_limit_kill_fails_the_attempt_instead_of_rerunning_it(user: Any) -> None:

@@ -18,6 +18,17 @@ def drop_index(apps, schema_editor) -> None:
 
 
 def create_index(apps, schema_editor) -> None:
+    if schema_editor.connection.vendor == "postgresql":
+        # A build that failed or was cancelled leaves an invalid index of that name,
+        # which IF NOT EXISTS would keep: drop it first.
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                [INDEX],
+            )
+            invalid = cursor.fetchone()
+        if invalid and invalid[0]:
+            drop_index(apps, schema_editor)
     schema_editor.execute(
         f'CREATE INDEX{_concurrently(schema_editor)} IF NOT EXISTS "{INDEX}" '
         'ON "task_executions" ("task_id")'

@@ -179,19 +179,35 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
             TaskExecution, {**due, "current_step": None}, taken, related="task"
         )
     except (OperationalError, InterfaceError):
-        # The kept connection broke since the last task (it is not tested before every
-        # task): once more on a new one. Had the first try taken the attempt before its
-        # answer was lost, this thread of this process holds it, and the judgement under
-        # the lock below gives it back to us.
+        # The kept connection broke since the last run (it is not tested before every
+        # run): once more on a new one.
         if connection.in_atomic_block:
             raise
         connection.close()
         execution = rows.update_returning(
             TaskExecution, {**due, "current_step": None}, taken, related="task"
-        )
+        ) or _claimed_before_its_answer_was_lost(execution_id, attempt, worker, now)
     if execution is not None:
         return execution
     return _claim_locked(execution_id=execution_id, attempt=attempt, worker=worker, now=now)
+
+
+def _claimed_before_its_answer_was_lost(
+    execution_id: str, attempt: int, worker: str, now: datetime
+) -> TaskExecution | None:
+    """The first try of a claim may have taken the attempt and lost only its answer: the
+    row then holds this very claim (its worker and its start time, unique to the call).
+    Returned as it is (a no-op UPDATE that returns the row with its task), not judged as
+    a takeover from a lost holder."""
+    mine = {
+        "pk": execution_id,
+        "status": ExecutionStatus.RUNNING,
+        "attempt": attempt,
+        "worker": worker,
+        "started_at": now,
+        "deliveries": 1,
+    }
+    return rows.update_returning(TaskExecution, mine, {"deliveries": 1}, related="task")
 
 
 def _taken(*, attempt: int, worker: str, now: datetime, deliveries: int) -> dict[str, Any]:
