@@ -9,6 +9,9 @@ from kombu.transport import TRANSPORT_ALIASES
 from .transport import SCHEME
 
 TRANSPORT_ALIASES.setdefault(SCHEME, "scheduler_project.transport:Transport")
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = (
+    "scheduler_project.transport:RedisTransport"
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
 if "beat" in sys.argv[1:4] or sys.argv[-1:] == ["beat"]:

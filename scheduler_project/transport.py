@@ -1,9 +1,14 @@
-"""The embedded broker: kombu's filesystem transport with atomic message writes.
+"""The broker transports, registered in scheduler_project.celery.
 
-kombu writes a message file in place, so a worker listing the folder can take the file
-before its bytes are written, read nothing and crash on the empty JSON. Here a message
-is written under a name the readers ignore, then renamed into the queue, which is
-atomic on one filesystem. Registered as ``localfs://`` (see scheduler_project.celery).
+* ``localfs://``, the embedded broker: kombu's filesystem transport with atomic message
+  writes. kombu writes a message file in place, so a worker listing the folder can take
+  the file before its bytes are written, read nothing and crash on the empty JSON. Here a
+  message is written under a name the readers ignore, then renamed into the queue, which
+  is atomic on one filesystem.
+* ``redis://`` and ``rediss://``: kombu's Redis transport, but a channel keeps its
+  redis-py client for plain commands instead of building one per command. Building it
+  (its table of response callbacks) was 0.12 ms of a publish's 0.55 ms of CPU: beat's
+  sends of a burst, the API's "run now", a worker's acks.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
+from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
@@ -36,3 +42,19 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+
+class RedisChannel(kombu_redis.Channel):
+    _kept_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:  # (the event loop's own client: built once by kombu already)
+            return super()._create_client(asynchronous=True)
+        client = self._kept_client
+        if client is None or client.connection_pool is not self.pool:  # (a new pool)
+            client = self._kept_client = super()._create_client()
+        return client
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = RedisChannel

@@ -54,3 +54,35 @@ def test_consumer_racing_a_producer_reads_every_message_whole(tmp_path: Path) ->
     assert producer.returncode == 0
     assert sorted(seen) == list(range(N))
     assert not list(folder.iterdir())  # nothing half-written left behind
+
+
+def test_redis_channels_keep_one_client_for_their_commands() -> None:
+    """redis:// is kombu's Redis transport with one kept redis-py client per channel (not
+    one built per publish): messages still go and come whole, and a channel whose pool
+    was replaced (a reconnect) uses the new pool."""
+    from scheduler_project.transport import RedisChannel
+    from tests.services import REDIS_URL, require_redis
+
+    require_redis()
+    with Connection(f"{REDIS_URL}/15") as conn:
+        queue = conn.SimpleQueue("kept-client-test")
+        try:
+            channel = queue.channel
+            assert isinstance(channel, RedisChannel)
+            queue.put({"n": 0})
+            kept = channel._create_client()
+            queue.put({"n": 1})
+            assert channel._create_client() is kept
+            channel._pool = None  # as after a reconnect
+            queue.put({"n": 2})
+            renewed = channel._create_client()
+            assert renewed is not kept and renewed.connection_pool is channel.pool
+            got = []
+            for _ in range(3):
+                message = queue.get(timeout=5)
+                got.append(message.payload["n"])
+                message.ack()
+            assert got == [0, 1, 2]
+        finally:
+            queue.clear()
+            queue.close()
