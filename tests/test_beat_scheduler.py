@@ -507,3 +507,54 @@ def test_a_beat_row_is_stamped_again_when_its_transaction_commits(
         )
     stamped = PeriodicTask.objects.get(pk=task.periodic_task_id).date_changed
     assert stamped > timezone.now() - timedelta(seconds=5)
+
+
+@pytest.mark.django_db
+def test_setup_readies_the_first_send(
+    app: Celery,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first due run is sent as fast as the next: the result backend is found, the
+    producer connected and the runs' queue declared while the schedule loads."""
+    from kombu import Producer
+
+    declared: list[str] = []
+    real = Producer.maybe_declare
+
+    def spy(self: Any, entity: Any, *args: Any, **kwargs: Any) -> Any:
+        declared.append(entity.name)
+        return real(self, entity, *args, **kwargs)
+
+    monkeypatch.setattr(Producer, "maybe_declare", spy)
+    scheduler = Scheduler(app=app, lazy=True)
+    scheduler.poll_seconds = 0
+    try:
+        scheduler.setup_schedule()
+        assert declared == [app.conf.task_default_queue]
+        assert "producer" in scheduler.__dict__  # connected
+        assert getattr(app._local, "backend", None) is not None
+    finally:
+        scheduler.close()
+        scheduler._finalize.cancel()
+
+
+@pytest.mark.django_db
+def test_setup_does_not_wait_for_a_broker_that_does_not_answer(
+    app: Celery,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kombu import Connection
+
+    monkeypatch.setattr(app, "connection_for_write", lambda: Connection("redis://127.0.0.1:9/0"))
+    scheduler = Scheduler(app=app, lazy=True)
+    scheduler.poll_seconds = 0
+    began = time.monotonic()
+    try:
+        scheduler.setup_schedule()
+    finally:
+        scheduler.close()
+        scheduler._finalize.cancel()
+    assert time.monotonic() - began < 5
+    assert "the broker did not answer yet" in caplog.text
+    assert "producer" not in scheduler.__dict__
