@@ -301,12 +301,18 @@ class Scheduler(DatabaseScheduler):
         celery beat does."""
         try:
             self.app.backend  # noqa: B018 - (loaded on first use)
-            with self.app.connection_for_write() as probe:
+            # (kombu's Redis sockets wait forever by default: bound this one)
+            timeouts = {"socket_connect_timeout": 2, "socket_timeout": 2}
+            with self.app.connection_for_write(transport_options=timeouts) as probe:
                 probe.ensure_connection(max_retries=1, interval_start=0, timeout=2)
             queue = self.app.amqp.router.route({}, RUN_TASK_NAME)["queue"]
             self.producer.maybe_declare(queue)
         except Exception:  # noqa: BLE001 - only a head start; sends connect as they always did
-            logger.warning("beat: the broker did not answer yet; the first send connects")
+            logger.warning(
+                "beat: could not ready the first send (the broker did not answer yet?); "
+                "the first send connects",
+                exc_info=True,
+            )
 
     @property
     def schedule(self) -> dict[str, Any]:

@@ -546,7 +546,13 @@ def test_setup_does_not_wait_for_a_broker_that_does_not_answer(
 ) -> None:
     from kombu import Connection
 
-    monkeypatch.setattr(app, "connection_for_write", lambda: Connection("redis://127.0.0.1:9/0"))
+    opened: list[Any] = []
+
+    def unanswered(**options: Any) -> Any:
+        opened.append(options)
+        return Connection("redis://127.0.0.1:9/0", **options)
+
+    monkeypatch.setattr(app, "connection_for_write", unanswered)
     scheduler = Scheduler(app=app, lazy=True)
     scheduler.poll_seconds = 0
     began = time.monotonic()
@@ -556,5 +562,7 @@ def test_setup_does_not_wait_for_a_broker_that_does_not_answer(
         scheduler.close()
         scheduler._finalize.cancel()
     assert time.monotonic() - began < 5
-    assert "the broker did not answer yet" in caplog.text
+    assert "could not ready the first send" in caplog.text
+    assert "Connection refused" in caplog.text  # the cause, in the traceback
+    assert opened[0]["transport_options"]["socket_connect_timeout"] == 2  # bounded
     assert "producer" not in scheduler.__dict__
