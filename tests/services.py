@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -48,3 +48,20 @@ def require_postgres() -> None:
 
 def require_redis() -> None:
     require("Redis", REDIS)
+
+
+def another_session(dbname: str | None = None) -> Any:
+    """A second PostgreSQL session (autocommit) on the server of Django's test database,
+    to its database or to ``dbname``: to alter a table or end a backend behind the ORM's
+    connection."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    return psycopg.connect(
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        dbname=dbname or params.get("dbname"),
+        autocommit=True,
+    )

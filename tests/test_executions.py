@@ -32,6 +32,7 @@ from tasks_app.services.definitions import task_create, task_pause, task_resume,
 from tasks_app.tasks import run_step, run_task
 from tests.broker import published
 from tests.http_receiver import Receiver, Reply
+from tests.services import another_session
 
 pytestmark = pytest.mark.django_db
 
@@ -916,6 +917,14 @@ def test_outputs_postgresql_cannot_store_are_made_storable(user: Any, hook: Rece
     }
 
 
+def _end_this_session() -> None:
+    """The database ends the ORM connection's session (as a PostgreSQL restart would)."""
+    from django.db import connection
+
+    with another_session("postgres") as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (connection.connection.info.backend_pid,))
+
+
 @pytest.mark.django_db(transaction=True)
 def test_outcome_is_recorded_after_the_database_drops_the_connection(
     user: Any, hook: Receiver
@@ -926,21 +935,12 @@ def test_outcome_is_recorded_after_the_database_drops_the_connection(
 
     if connection.vendor != "postgresql":
         pytest.skip("terminates a PostgreSQL backend")
-    import psycopg
 
     task = webhook_task(user, f"{hook.url}/ok")
     execution = executions.execution_claim(
         execution_id=str(queued(task).pk), attempt=1, worker="a:1"
     )
-    params = connection.get_connection_params()
-    with psycopg.connect(
-        host=params.get("host"),
-        port=params.get("port"),
-        user=params.get("user"),
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (connection.connection.info.backend_pid,))
+    _end_this_session()
     outcome = executions.execution_run(execution=execution)
     assert outcome.status == ExecutionStatus.COMPLETED
     assert TaskExecution.objects.get(pk=execution.pk).status == ExecutionStatus.COMPLETED
@@ -962,7 +962,6 @@ def test_a_run_right_after_another_skips_the_health_check_and_survives_a_broken_
 
     if connection.vendor != "postgresql":
         pytest.skip("terminates a PostgreSQL backend")
-    import psycopg
 
     task = webhook_task(user, "https://example.com/x")
     execution = queued(task)
@@ -992,15 +991,7 @@ def test_a_run_right_after_another_skips_the_health_check_and_survives_a_broken_
     assert tested_before(run_task, {"task_id": str(task.pk), "scheduled_for": "x"})
     assert not tested_before()
 
-    params = connection.get_connection_params()
-    with psycopg.connect(
-        host=params.get("host"),
-        port=params.get("port"),
-        user=params.get("user"),
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (connection.connection.info.backend_pid,))
+    _end_this_session()
     claimed = executions.execution_claim(execution_id=str(execution.pk), attempt=1, worker="a:1")
     assert claimed is not None and claimed.task.pk == task.pk
     stored = TaskExecution.objects.get(pk=execution.pk)

@@ -17,6 +17,7 @@ from tasks_app.models import (
     TaskWebhook,
 )
 from tasks_app.services.definitions import task_create
+from tests.services import another_session
 
 pytestmark = pytest.mark.django_db
 
@@ -199,7 +200,6 @@ def test_prepared_statements_survive_a_migration_that_changes_their_columns(
     """A column type changed under a prepared statement (a migration while workers run):
     outside a transaction the statement is prepared again; inside one, the connection is
     dropped with an OperationalError (what execution_finish retries), and the retry works."""
-    import psycopg
     from django.db import OperationalError, transaction
 
     if connection.vendor != "postgresql":
@@ -209,14 +209,7 @@ def test_prepared_statements_survive_a_migration_that_changes_their_columns(
     wanted = {"pk": execution.pk}
 
     def migrate(length: int) -> None:
-        params = connection.get_connection_params()
-        with psycopg.connect(
-            host=params.get("host"),
-            port=params.get("port"),
-            user=params.get("user"),
-            dbname=params.get("dbname"),
-            autocommit=True,
-        ) as other:
+        with another_session() as other:
             other.execute(f"ALTER TABLE task_executions ALTER COLUMN worker TYPE varchar({length})")
 
     assert rows.update_returning(TaskExecution, wanted, {"worker": "a"}) is not None

@@ -169,15 +169,18 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
     lock."""
     now = timezone.now()  # the attempt starts as the worker takes it up
     entry = log_entry(f"attempt {attempt} started on {worker}")
-    due = {"pk": execution_id, "status": rows.In(WAITING), "attempt": attempt - 1}
+    due = {
+        "pk": execution_id,
+        "status": rows.In(WAITING),
+        "attempt": attempt - 1,
+        "current_step": None,
+    }
     taken = {
         **_taken(attempt=attempt, worker=worker, now=now, deliveries=1),
         "logs": rows.Append([entry]),
     }
     try:
-        execution = rows.update_returning(
-            TaskExecution, {**due, "current_step": None}, taken, related="task"
-        )
+        execution = rows.update_returning(TaskExecution, due, taken, related="task")
     except (OperationalError, InterfaceError):
         # The kept connection broke since the last run (it is not tested before every
         # run): once more on a new one.
@@ -185,7 +188,7 @@ def execution_claim(*, execution_id: str, attempt: int, worker: str) -> TaskExec
             raise
         connection.close()
         execution = rows.update_returning(
-            TaskExecution, {**due, "current_step": None}, taken, related="task"
+            TaskExecution, due, taken, related="task"
         ) or _claimed_before_its_answer_was_lost(execution_id, attempt, worker, now)
     if execution is not None:
         return execution
@@ -508,11 +511,11 @@ def _write_at_once(
     with rows.cursor() as cursor:
         cursor.execute(
             f"WITH done AS ({done} AND NOT {unheard} AND {same} RETURNING 1), "
-            f"counted AS ({count} AND EXISTS (SELECT 1 FROM done) RETURNING 1) "
-            "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM counted)",
+            f"counted AS ({count} AND EXISTS (SELECT 1 FROM done)) "
+            "SELECT count(*) FROM done",  # (counted runs to completion all the same)
             [*done_params, *unheard_params, *same_params, *count_params],
         )
-        written, _counted = cursor.fetchone()  # (0 only if the task is gone, and its runs)
+        (written,) = cursor.fetchone()
     return bool(written)
 
 
