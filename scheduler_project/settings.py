@@ -13,6 +13,8 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
+from .process import BEAT
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +67,9 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Beat serves no page: the admin without autodiscovering every app's ModelAdmins
+    # (scheduler_project.process).
+    "django.contrib.admin.apps.SimpleAdminConfig" if BEAT else "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -37,7 +37,7 @@ from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from . import cron as cronlib
-from .conf import RUN_TASK_NAME
+from .conf import RUN_TASK_NAME, runs_ignore_result
 from .services import occurrences
 from .slots import Slot, SlotTable
 
@@ -857,6 +857,7 @@ def _messages(
     """(kwargs, options) of the run_task messages for one fire: its recorded runs (a
     jittered one with its countdown), or, when the database could not record it (None),
     one message naming the occurrence, which the worker records with the same service."""
+    options = {"ignore_result": runs_ignore_result(), **options}
     if runs is None:
         return [({"task_id": task_id, "scheduled_for": occurrence.isoformat()}, options)]
     return [

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from executors.egress import EgressPolicy
+if TYPE_CHECKING:  # executors (pydantic, requests) load on first use: beat never runs one
+    from executors.egress import EgressPolicy
 
 # Stable names: beat rows store them as strings, so never rename.
 RUN_TASK_NAME = "tasks_app.run_task"
@@ -16,6 +18,14 @@ CLEANUP_TASK_NAME = "tasks_app.cleanup_executions"
 RUN_STEP_NAME = "tasks_app.run_step"
 NOTIFY_TASK_NAME = "tasks_app.notify_execution"
 BEAT_ENTRY_PREFIX = "scheduled-task:"
+
+
+def runs_ignore_result() -> bool:
+    """Whether run_task and run_step leave no Celery result (unless
+    SCHEDULER_CELERY_RESULTS): the tasks say it, and so does every run message, since beat
+    and the web server send them by name without the task (a result backend that waits
+    for results, such as Redis, would otherwise subscribe to each one)."""
+    return not settings.SCHEDULER_CELERY_RESULTS
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,8 @@ class SchedulerSettings:
         return self.task_time_limit + self.lease_grace
 
     def egress_policy(self) -> EgressPolicy:
+        from executors.egress import EgressPolicy
+
         return EgressPolicy(
             allow=self.egress_allow,
             timeout=float(self.egress_timeout),

@@ -10,7 +10,6 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from .models import ScheduledTask
-from .services.inbound_email import mailbox_ensure
 from .services.schedules import schedule_remove, schedule_sync
 
 SCHEDULE_FIELDS = frozenset({"type", "cron", "timezone", "run_at", "status", "name"})
@@ -29,6 +28,8 @@ def _sync_schedule(
     if update_fields is None or SCHEDULE_FIELDS & set(update_fields):
         schedule_sync(task=instance)
     if update_fields is None or "trigger" in update_fields or "type" in update_fields:
+        from .services.inbound_email import mailbox_ensure  # (imports the executors)
+
         mailbox_ensure(task=instance)  # an email trigger gets its address with the task
 
 

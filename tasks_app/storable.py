@@ -8,7 +8,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.utils import timezone
+
 MAX_DEPTH = 64
+
+
+def log_entry(message: str, level: str = "info") -> dict[str, str]:
+    """One line of an execution's log, as it is stored."""
+    return {"at": timezone.now().isoformat(), "level": level, "message": storable_text(message)}
 
 
 def storable_text(value: str) -> str:

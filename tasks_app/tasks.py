@@ -8,7 +8,6 @@ from typing import Any
 
 from celery import Task, shared_task, signals
 from celery.exceptions import Ignore, TimeLimitExceeded
-from django.conf import settings
 from django.db import close_old_connections, connections
 
 from .conf import (
@@ -18,6 +17,7 @@ from .conf import (
     RECOVER_TASK_NAME,
     RUN_STEP_NAME,
     RUN_TASK_NAME,
+    runs_ignore_result,
 )
 from .models import ExecutionStatus
 from .services import chains, executions, occurrences, recovery
@@ -119,7 +119,7 @@ RUN_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     "max_retries": None,
-    "ignore_result": not settings.SCHEDULER_CELERY_RESULTS,
+    "ignore_result": runs_ignore_result(),
 }
 
 

@@ -296,6 +296,28 @@ def test_apply_async_records_the_occurrence_then_publishes_it(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("registered", [True, False])
+def test_a_run_message_asks_for_no_result_whether_beat_has_the_task_or_not(
+    app: Celery, scheduler: Scheduler, task: ScheduledTask, settings: Any, registered: bool
+) -> None:
+    # `celery beat` sends by name (it does not import the task modules); the message must
+    # say what the task would have said, or a Redis result backend subscribes to each run.
+    if not registered:
+        app.tasks.unregister(RUN_TASK_NAME)
+    row = periodic_row(
+        "scheduled-task:e", crontab=crontab_row("0 0 1 1 *", NY), kwargs={"task_id": str(task.pk)}
+    )
+    scheduler.apply_async(scheduler.Entry(row, app=app), advance=False)
+    [(headers, _body)] = sent_messages(app)
+    assert headers["ignore_result"] is True
+    settings.SCHEDULER_CELERY_RESULTS = True
+    TaskExecution.objects.all().delete()
+    scheduler.apply_async(scheduler.Entry(row, app=app), advance=False)
+    [(headers, _body)] = sent_messages(app)
+    assert headers["ignore_result"] is False
+
+
+@pytest.mark.django_db
 def test_apply_async_with_advance_reserves_and_records(
     app: Celery, scheduler: Scheduler, task: ScheduledTask
 ) -> None:

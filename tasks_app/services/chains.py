@@ -27,12 +27,11 @@ from executors.errors import ExecutorError
 
 from ..conf import RUN_STEP_NAME, scheduler_settings
 from ..models import ExecutionStatus, TaskExecution
-from ..storable import storable, storable_text
+from ..storable import log_entry, storable, storable_text
 from .executions import (
     Outcome,
     _finish,
     holder_is_dead,
-    log_entry,
     retry_decision,
     run_action,
     usage_of,

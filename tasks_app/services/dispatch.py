@@ -8,7 +8,7 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from ..conf import RUN_TASK_NAME
+from ..conf import RUN_TASK_NAME, runs_ignore_result
 from ..models import ExecutionStatus, ExecutionTrigger, ScheduledTask, TaskExecution
 
 
@@ -20,9 +20,13 @@ def execution_publish(*, execution: TaskExecution, attempt: int) -> None:
 
 def _send_after_commit(*, execution: TaskExecution, attempt: int) -> None:
     kwargs = {"execution_id": str(execution.pk), "attempt": attempt}
+    ignore_result = runs_ignore_result()
     # robust: a broker that is down must not fail the committed request; the execution
     # stays queued and the recovery job publishes it later.
-    transaction.on_commit(lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs), robust=True)
+    transaction.on_commit(
+        lambda: current_app.send_task(RUN_TASK_NAME, kwargs=kwargs, ignore_result=ignore_result),
+        robust=True,
+    )
 
 
 def task_run_now(

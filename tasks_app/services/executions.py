@@ -52,7 +52,7 @@ from ..models import (
     TaskType,
 )
 from ..specs import RetryPolicy
-from ..storable import storable, storable_text
+from ..storable import log_entry, storable, storable_text
 from .conditions import conditions_unmet
 from .host import execution_context
 from .triggers import listeners, system_event_emit, system_event_name
@@ -79,10 +79,6 @@ def worker_identity() -> str:
     """node:pid:thread — the thread part tells apart runs inside one process (thread or
     greenlet pools, whose get_ident() is per greenlet once gevent patches threading)."""
     return f"{node()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def log_entry(message: str, level: str = "info") -> dict[str, str]:
-    return {"at": timezone.now().isoformat(), "level": level, "message": storable_text(message)}
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from .. import vapid
 from ..conf import scheduler_settings
 from ..models import ExecutionStatus, PushSubscription, TaskExecution
 from ..specs import Notification
-from .executions import log_entry
+from ..storable import log_entry
 
 if TYPE_CHECKING:
     from .lateness import LateTask

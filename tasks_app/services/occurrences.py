@@ -45,8 +45,8 @@ from ..models import (
     TaskStatus,
     TaskType,
 )
+from ..storable import log_entry
 from .dispatch import execution_publish
-from .executions import log_entry
 
 RUN, HOLD, SKIP = "run", "hold", "skip"
 UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.RETRYING)
