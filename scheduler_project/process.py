@@ -19,6 +19,6 @@ def is_beat(argv: list[str]) -> bool:
 
 #: Beat sends messages and serves no page. It neither autodiscovers the admin's
 #: ModelAdmins (their forms import every executor) nor imports the task modules (it
-#: sends run messages by name), nor runs Django's system checks: together ~27 MiB of
-#: a process whose target is 150 MB at 100,000 schedules.
+#: sends run messages by name), nor runs Django's system checks: at 100,000 schedules
+#: the process holds 120 MiB instead of 142 (bench/RESULTS.md; the target is 150 MB).
 BEAT = is_beat(sys.argv)
