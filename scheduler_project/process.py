@@ -5,16 +5,28 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+#: celery's own options that take a value (``celery --help``), before its command
+_VALUED = frozenset(
+    {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir"}
+)
+
 
 def is_beat(argv: list[str]) -> bool:
-    """``celery … beat`` (or ``python -m celery … beat``), not a worker with ``-B``, not a
-    test run whose arguments happen to say "beat"."""
+    """``celery [options] beat …`` (or ``python -m celery …``): celery's command is the
+    first word that is neither an option nor an option's value. Not a worker named or
+    consuming "beat", not a worker with ``-B``, not a test run that mentions beat."""
     if not argv:
         return False
     program = Path(argv[0])
     if program.name != "celery" and program.parent.name != "celery":
         return False
-    return "beat" in argv[1:4] or argv[-1:] == ["beat"]
+    words = iter(argv[1:])
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word == "beat"
+    return False
 
 
 #: Beat sends messages and serves no page. It neither autodiscovers the admin's

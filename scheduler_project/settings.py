@@ -294,21 +294,23 @@ CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", Fals
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "tasks_app.beat:Scheduler"
+# Beat sends these by name (it does not import the task modules): each message says that
+# its task keeps no result, as the task does.
 CELERY_BEAT_SCHEDULE = {
     "scheduler.recover-executions": {
         "task": "tasks_app.recover_executions",
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL),
-        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL)},
+        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL), "ignore_result": True},
     },
     "scheduler.cleanup-executions": {
         "task": "tasks_app.cleanup_executions",
         "schedule": crontab(minute="17", hour="3"),
-        "options": {"expires": 3600.0},
+        "options": {"expires": 3600.0, "ignore_result": True},
     },
     "scheduler.check-late-tasks": {
         "task": "tasks_app.check_late_tasks",
         "schedule": float(SCHEDULER_LATE_CHECK_INTERVAL),
-        "options": {"expires": float(SCHEDULER_LATE_CHECK_INTERVAL)},
+        "options": {"expires": float(SCHEDULER_LATE_CHECK_INTERVAL), "ignore_result": True},
     },
 }
 if CELERY_BROKER_URL.startswith(("localfs://", "filesystem://")):

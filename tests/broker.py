@@ -25,13 +25,21 @@ def memory_broker() -> Iterator[Any]:
 
 def published_messages(app: Any) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(task name, kwargs, embed) of each message waiting in the queue, consumed."""
+    return [(headers["task"], kwargs, embed) for headers, (_args, kwargs, embed) in _consumed(app)]
+
+
+def published_headers(app: Any) -> list[dict[str, Any]]:
+    """The headers of each message waiting in the queue, consumed."""
+    return [headers for headers, _payload in _consumed(app)]
+
+
+def _consumed(app: Any) -> list[tuple[dict[str, Any], Any]]:
     messages = []
     with app.connection_for_read() as conn:
         queue = conn.SimpleQueue("celery")
         while queue.qsize():
             message = queue.get(timeout=1)
-            _args, kwargs, embed = message.payload
-            messages.append((message.headers["task"], kwargs, embed))
+            messages.append((message.headers, message.payload))
             message.ack()
     return messages
 

@@ -30,7 +30,7 @@ from tasks_app.models import (
 from tasks_app.services import dispatch, executions, recovery
 from tasks_app.services.definitions import task_create, task_pause, task_resume, task_update
 from tasks_app.tasks import run_step, run_task
-from tests.broker import published
+from tests.broker import published, published_headers
 from tests.http_receiver import Receiver, Reply
 from tests.services import another_session
 
@@ -725,6 +725,33 @@ def test_run_now_publishes_only_after_commit(
     assert published(memory_broker) == [
         (RUN_TASK_NAME, {"execution_id": str(execution.pk), "attempt": 1})
     ]
+
+
+@pytest.mark.parametrize("results", [False, True])
+def test_a_run_message_says_whether_its_run_keeps_a_celery_result(
+    user: Any,
+    settings: Any,
+    memory_broker: Any,
+    django_capture_on_commit_callbacks: Any,
+    results: bool,
+) -> None:
+    # The web server (and beat) send runs by name, without the task: the message says it,
+    # or a Redis result backend would subscribe to every run's result.
+    settings.SCHEDULER_CELERY_RESULTS = results
+    task = webhook_task(user, "https://example.com/x")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.task_run_now(task=task)
+    [headers] = published_headers(memory_broker)
+    assert (headers["task"], headers["ignore_result"]) == (RUN_TASK_NAME, not results)
+
+
+def test_beats_own_jobs_say_they_keep_no_result_as_their_tasks_do(settings: Any) -> None:
+    from celery import current_app
+
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        task = current_app.tasks[entry["task"]]
+        assert task.ignore_result is True
+        assert entry["options"]["ignore_result"] is True, entry
 
 
 def test_run_now_with_a_trigger_payload(user: Any, django_capture_on_commit_callbacks: Any) -> None:
