@@ -141,7 +141,12 @@ def run_task(
         runs = occurrences.occurrence_fire(task_id=task_id, occurrence=occurrence)
         for run in runs:
             if run.occurrence != occurrence or run.countdown:
-                self.app.send_task(RUN_TASK_NAME, kwargs=run.kwargs, countdown=run.countdown)
+                self.app.send_task(
+                    RUN_TASK_NAME,
+                    kwargs=run.kwargs,
+                    countdown=run.countdown,
+                    ignore_result=runs_ignore_result(),
+                )
         mine = [run for run in runs if run.occurrence == occurrence and not run.countdown]
         if not mine:
             recorded = occurrences.occurrence_execution(task_id=task_id, occurrence=occurrence)

@@ -33,6 +33,7 @@ from tasks_app.services.definitions import task_create
 from tasks_app.services.executions import log_entry
 from tasks_app.services.notifications import execution_notify
 from tests.api_clients import forced_client
+from tests.broker import published_headers
 from tests.http_receiver import Receiver, Reply
 from tests.smtp_inbox import Inbox, smtp_fixture  # noqa: F401 - the smtp fixture
 
@@ -153,6 +154,19 @@ def test_success_email_to_the_listed_addresses_with_a_result_excerpt(
     assert "Result (excerpt):" in body and '{"rows": ["xxx' in body
     assert len(body) < 3000
     assert f"Execution: /api/executions/{execution.pk}" in body.splitlines()
+
+
+def test_the_notify_message_says_it_keeps_no_result(
+    owner: Any, memory_broker: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from tasks_app.services.executions import _notify_after_commit
+
+    notification = {"onSuccess": True, "channels": ["email"]}
+    execution = finished(owner, notification, status=ExecutionStatus.COMPLETED)
+    with django_capture_on_commit_callbacks(execute=True):
+        _notify_after_commit(execution, ExecutionStatus.COMPLETED)
+    [headers] = published_headers(memory_broker)
+    assert (headers["task"], headers["ignore_result"]) == ("tasks_app.notify_execution", True)
 
 
 def test_outcomes_not_asked_for_send_nothing(smtp: Inbox, owner: Any) -> None:

@@ -635,7 +635,9 @@ def _notify_after_commit(execution: TaskExecution, status: str) -> None:
         return
     execution_id = str(execution.pk)
     transaction.on_commit(
-        lambda: current_app.send_task(NOTIFY_TASK_NAME, kwargs={"execution_id": execution_id}),
+        lambda: current_app.send_task(
+            NOTIFY_TASK_NAME, kwargs={"execution_id": execution_id}, ignore_result=True
+        ),
         robust=True,
     )
 
