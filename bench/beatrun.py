@@ -7,9 +7,11 @@ real Celery worker, both on a private queue.
   ``beat_schedule`` emptied), prints a ``READY`` line with its load time and memory, then
   loops ``interval = scheduler.tick(); sleep(interval)`` until ``N`` run messages were
   sent or ``EPOCH`` passed (a later ``until <epoch>`` line on stdin moves the end), and
-  prints every tick's duration, every run message's send time, its CPU and memory.
+  prints every tick's duration (less the time ours waited on purpose for the time of a
+  run it had decided ahead), every run message's send time, its CPU and memory.
   Sends are counted by wrapping ``app.amqp.send_task_message`` (what every
-  ``apply_async`` of either scheduler goes through), after the publish returned.
+  ``apply_async`` of either scheduler goes through), after the publish returned, or,
+  for a message in a publish batch (ours on Redis), when the batch was flushed.
 * ``celery -A bench.beatrun worker -Q Q``: the project's Celery app with ``BENCH_QUEUE``
   as its default queue (so whatever the worker sends stays on the private queue).
 
@@ -102,13 +104,34 @@ def run_beat(kind: str, expect: int | None, until: float | None, keys: bool) -> 
     sends: list[tuple[float, str]] = []
     original = app.amqp.send_task_message
 
+    batched: list[str] = []  # run messages in a publish batch, sent when it is flushed
+
     def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
         result = original(producer, name, message, **options)
         if name == RUN_TASK_NAME:
             kwargs = message.body[1] if isinstance(message.body, tuple | list) else {}
-            sends.append((time.time(), kwargs.get("execution_id") or kwargs.get("task_id")))
+            key = kwargs.get("execution_id") or kwargs.get("task_id")
+            if getattr(getattr(producer, "_batch_local", None), "current", None) is not None:
+                batched.append(key)
+            else:
+                sends.append((time.time(), key))
         return result
 
+    def flush(batch: Any) -> Any:
+        try:
+            result = flush_batch(batch)
+        except BaseException:
+            batched.clear()  # (beat sends them again one by one)
+            raise
+        moment = time.time()
+        sends.extend((moment, key) for key in batched)
+        batched.clear()
+        return result
+
+    from kombu.transport.redis import PublishBatch
+
+    flush_batch = PublishBatch.flush
+    PublishBatch.flush = flush  # type: ignore[method-assign]
     app.amqp.send_task_message = send_task_message
     PeriodicTask.objects.exists()  # connect first: the connection is not the scheduler's
     rss_setup = status_kib("VmRSS")
@@ -130,6 +153,8 @@ def run_beat(kind: str, expect: int | None, until: float | None, keys: bool) -> 
             return stock_apply(entry, producer, advance, **kw)
 
         scheduler.apply_async = apply_async
+    if os.environ.get("BENCH_PHASES") and kind == "project":
+        _time_phases(scheduler)
     ready = {"load_s": load_s, "rss_setup_mib": rss_setup / 1024}
     ready["rss_load_mib"] = status_kib("VmRSS") / 1024
     ready["loaded_at"] = time.time()
@@ -144,6 +169,7 @@ def run_beat(kind: str, expect: int | None, until: float | None, keys: bool) -> 
 
     threading.Thread(target=read_stdin, daemon=True).start()
     ticks: list[tuple[float, float, float]] = []
+    pauses = _gc_pauses()
     cpu0, wall0 = cpu_seconds(), time.time()
     while True:
         now = time.time()
@@ -151,7 +177,10 @@ def run_beat(kind: str, expect: int | None, until: float | None, keys: bool) -> 
             break
         started = time.perf_counter()
         interval = scheduler.tick()
-        ticks.append((now, time.perf_counter() - started, cpu_seconds()))
+        # (ours waits on purpose inside a tick for the time of a run it decided ahead:
+        # not a stall, not counted)
+        took = time.perf_counter() - started - getattr(scheduler, "waited", 0.0)
+        ticks.append((now, took, cpu_seconds()))
         if interval and interval > 0.0:
             if end[0] is not None:
                 interval = max(min(interval, end[0] - time.time()), 0.0)
@@ -170,9 +199,57 @@ def run_beat(kind: str, expect: int | None, until: float | None, keys: bool) -> 
         "hwm_mib": status_kib("VmHWM") / 1024,
         "ticks": [[round(t, 4), round(d, 6), round(c, 3)] for t, d, c in ticks],
         "sends": [[round(t, 4), k] for t, k in sends] if keys else [round(t, 4) for t, _ in sends],
+        "gc_pauses": pauses,
+        "phases": PHASES,
     }
     print(MARK + json.dumps(result), flush=True)
     os._exit(0)  # no beat close-down (stock's Finalize would sync more rows)
+
+
+PHASES: list[list[Any]] = []
+
+
+def _time_phases(scheduler: Any) -> None:
+    import tasks_app.beat as ours
+
+    def timed(owner: Any, name: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                PHASES.append(
+                    [round(time.time(), 4), name, round((time.perf_counter() - t) * 1000, 2)]
+                )
+
+        setattr(owner, name, wrapper)
+
+    for name in ("_recheck", "_send", "_bookkeep", "_apply"):
+        timed(scheduler, name)
+    timed(ours.occurrences, "occurrences_fire")
+    timed(ours, "close_old_connections")
+
+
+def _gc_pauses() -> list[list[float]]:
+    """From now on, every collection of Python's cyclic garbage collector that held the
+    process 1 ms or more: [epoch, generation, ms]."""
+    import gc
+
+    pauses: list[list[float]] = []
+    began = [0.0]
+
+    def watch(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+            return
+        took = (time.perf_counter() - began[0]) * 1000
+        if took >= 1.0:
+            pauses.append([round(time.time(), 4), info["generation"], round(took, 2)])
+
+    gc.callbacks.append(watch)
+    return pauses
 
 
 def _with_kwargs(entry: Any, kwargs: dict[str, Any]) -> Any:
@@ -356,6 +433,15 @@ def tick_stats(ticks: list[list[float]], since: float | None = None) -> dict[str
         "tick_p99_ms": chosen[min(len(chosen) - 1, int(0.99 * len(chosen)))],
         "tick_max_ms": chosen[-1],
         "ticks_over_100ms": sum(1 for d in chosen if d > 100),
+    }
+
+
+def gc_stats(pauses: list[list[float]]) -> dict[str, Any]:
+    """The cyclic garbage collector's pauses of 1 ms or more: how many, the longest."""
+    return {
+        "gc_pauses": len(pauses),
+        "gc_max_ms": max((pause[2] for pause in pauses), default=0.0),
+        "gc_full": sum(1 for pause in pauses if pause[1] == 2),
     }
 
 

@@ -221,6 +221,19 @@ def run_one(
             started_at[task] = min(started_at.get(task, math.inf), started.timestamp())
     sent_late = [first_sent.get(t, math.inf) - due.timestamp() for t, due in due_of.items()]
     start_late = [started_at.get(t, math.inf) - due.timestamp() for t, due in due_of.items()]
+    # The runs due in one second, in the order they started: where the wait piles up.
+    by_second: dict[datetime, list[float]] = {}
+    for task, due in due_of.items():
+        by_second.setdefault(due, []).append(started_at.get(task, math.inf) - due.timestamp())
+    ranks: list[list[float]] = []
+    for lates in by_second.values():
+        for rank, late in enumerate(sorted(lates)):
+            if rank == len(ranks):
+                ranks.append([])
+            ranks[rank].append(late)
+    if result.get("phases"):
+        slow = sorted(result["phases"], key=lambda p: -p[2])[:25]
+        print("slowest phases:", [(round(p[0] - start, 3), p[1], p[2]) for p in slow], flush=True)
     ticks = beatrun.tick_stats(result["ticks"])
     ticks["slowest_ticks"] = [
         {"at_s": round(t - start, 3), "ms": round(d * 1000, 1)}
@@ -235,8 +248,10 @@ def run_one(
         "stray_examples": strays_explained(kind, stray[:5]),
         "sent": {**spread(sent_late), "count": len(first_sent)},
         "started": {**spread(start_late), "count": len(started_at)},
+        "started_by_rank": [spread(lates) for lates in ranks],
         "statuses": statuses,
         **ticks,
+        **beatrun.gc_stats(result.get("gc_pauses", [])),
         "cpu_pct": result["cpu_pct"],
         "loop_s": result["loop_s"],
         "rss_load_mib": result["rss_load_mib"],
@@ -300,6 +315,11 @@ def _cell(r: dict[str, Any], key: str) -> str:
         s = r[key]
         text = f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])} / {_ms(s['max_ms'])}"
         return text + (f" ({s['missing']} of {r['due']} never)" if s["missing"] else "")
+    if key == "ranks":
+        return ", ".join(
+            f"{rank}: {_ms(s['p50_ms'])} / {_ms(s['p99_ms'])}"
+            for rank, s in enumerate(r.get("started_by_rank", []), start=1)
+        )
     if key == "count":
         return f"{r['sent']['count']} sent, {r['started']['count']} started of {r['due']}"
     if key == "ticks":
@@ -309,6 +329,12 @@ def _cell(r: dict[str, Any], key: str) -> str:
         )
     if key == "over":
         return str(r["ticks_over_100ms"])
+    if key == "gc":
+        return (
+            f"{r['gc_pauses']} ({r['gc_full']} full), longest {r['gc_max_ms']:.0f} ms"
+            if r["gc_pauses"]
+            else "none"
+        )
     if key == "cpu":
         return f"{r['cpu_pct']:.0f} %"
     if key == "rss":
@@ -330,8 +356,10 @@ ROWS = [
     ("due runs sent / started", "count"),
     ("due → sent p50 / p99 / max", "sent"),
     ("due → started p50 / p99 / max", "started"),
+    ("due → started p50 / p99 of the 1st, 2nd… run of a second to start", "ranks"),
     ("ticks (whole run)", "ticks"),
     ("ticks over 100 ms", "over"),
+    ("beat's garbage-collector pauses of 1 ms or more", "gc"),
     ("beat CPU (whole run)", "cpu"),
     ("beat RSS", "rss"),
     ("edits made during the run", "edits"),
@@ -340,11 +368,12 @@ ROWS = [
 
 
 def table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
-    head = " | ".join(beatrun.LABELS[k] for k in KINDS)
+    kinds = [kind for kind in KINDS if kind in results]
+    head = " | ".join(beatrun.LABELS[k] for k in kinds)
     title = f"{args.idle} idle, {args.per_second}/s for {args.seconds} s, {args.edits} edits/s"
-    lines = [f"| {title} | {head} |", "|---|---|---|"]
+    lines = [f"| {title} | {head} |", "|---|" + "---|" * len(kinds)]
     for label, key in ROWS:
-        lines.append(f"| {label} | {' | '.join(_cell(results[k], key) for k in KINDS)} |")
+        lines.append(f"| {label} | {' | '.join(_cell(results[k], key) for k in kinds)} |")
     return "\n".join(lines)
 
 
@@ -359,6 +388,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--redis-db", type=int, default=13)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--only", choices=KINDS, help="one scheduler (an A/B of ours); the target needs both"
+    )
     args = parser.parse_args()
 
     results: dict[str, dict[str, Any]] = {}
@@ -380,7 +412,7 @@ def main() -> None:
             action={"type": "webhook", "url": f"{http.url}/idle"},
         )
         print(f"{args.idle} idle tasks added in {time.monotonic() - began:.1f} s", flush=True)
-        for kind in KINDS:
+        for kind in [args.only] if args.only else KINDS:
             try:
                 results[kind] = run_one(
                     kind, args, database_url, tmp, idle_ids, pool, owner, http.url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,25 @@ from .services import chains, executions, occurrences, recovery
 #: A kept connection that was fine at the end of a run less than this many seconds ago
 #: is not tested again before the next run's first query.
 FRESH_CONNECTION_SECONDS = 1.0
+
+
+_collected_before_fork = False
+
+
+@signals.worker_before_create_process.connect
+def _freeze_before_fork(**_: Any) -> None:
+    """In a prefork worker, before each pool process is forked: what the worker has loaded
+    (Django, the executors, ~140,000 objects) is moved out of the cyclic garbage
+    collector's sight (``gc.freeze``), as CPython advises for a parent that forks. A pool
+    process then never walks it in a full collection (90 ms on a 2-core machine, a run
+    started that late) and leaves the pages it shares with the parent untouched (the
+    collector writes into every object it walks). Collected once first, so no garbage is
+    frozen with it."""
+    global _collected_before_fork
+    if not _collected_before_fork:
+        gc.collect()
+        _collected_before_fork = True
+    gc.freeze()
 
 
 @signals.task_prerun.connect

@@ -86,3 +86,25 @@ def test_beat_loads_no_executor_no_task_module_and_no_model_admin(tmp_path: Path
     assert "executors.base" in worker["executors"]
     assert worker["pydantic"] and worker["task_modules"] and worker["run_task"]
     assert worker["admin"] == "AdminConfig" and worker["model_admins"] > 0
+
+
+def test_a_prefork_worker_freezes_what_it_loaded_before_each_fork() -> None:
+    """Celery's prefork pool sends worker_before_create_process in the worker before each
+    pool process is forked: what is loaded by then is collected once and frozen."""
+    import gc
+
+    from celery import signals
+
+    from tasks_app import tasks
+
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        signals.worker_before_create_process.send(sender=None)
+        first = gc.get_freeze_count()
+        assert first > 10_000  # Django, the executors, this test run
+        assert tasks._collected_before_fork
+        signals.worker_before_create_process.send(sender=None)  # the next pool process
+        assert gc.get_freeze_count() >= first
+    finally:
+        gc.unfreeze()
