@@ -77,7 +77,7 @@ def edit(
     kinds = {"cron": 0, "pause": 0, "resume": 0}
     began = next_at = time.time()
     count = 0
-    while True:
+    while rate > 0:
         now = time.time()
         if now >= until:
             break
@@ -102,11 +102,13 @@ def edit(
             kinds["cron"] += 1
         took.append((time.perf_counter() - started) * 1000)
         count += 1
+    if rate <= 0:
+        time.sleep(max(until - time.time(), 0.0))  # no edits: just the runs
     connections.close_all()
     return {
         "edits": count,
         "edits_per_s": count / max(time.time() - began, 1e-9),
-        "edit_p50_ms": statistics.median(took) if took else None,
+        "edit_p50_ms": statistics.median(took) if took else 0.0,
         **{f"edits_{k}": v for k, v in kinds.items()},
     }
 

@@ -84,6 +84,21 @@ def _p(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100)[pct - 1] if len(values) > 1 else values[0]
 
 
+def _latency(values: list[float]) -> dict[str, float]:
+    return {
+        "latency_p50": _p(values, 50),
+        "latency_p99": _p(values, 99),
+        "latency_max": max(values),
+    }
+
+
+def _latency_text(figures: dict[str, Any]) -> str:
+    return (
+        f"p50 {figures['latency_p50']:.1f} ms, p99 {figures['latency_p99']:.1f} ms, "
+        f"max {figures['latency_max']:.1f} ms"
+    )
+
+
 def _wait_ready(log: Path, timeout: float = 60) -> None:
     wait_until(
         lambda: log.exists() and " ready." in log.read_text(errors="replace"),
@@ -157,7 +172,7 @@ def bare_celery(
     return {
         "enqueue": n / enqueue,
         "drain": n / span,
-        "latency_p50": _p([(start - sent) * 1000 for sent, start, _ in paced], 50),
+        **_latency([(start - sent) * 1000 for sent, start, _ in paced]),
         "run_p50": _p([(end - start) * 1000 for _, start, end in backlog], 50),
         "cpu_ms": cpu_ms,
     }
@@ -238,7 +253,7 @@ def ours(stack: Stack, tmp: Path, n: int, k: int, action: str, url: str) -> dict
         "enqueue": (n - 1) / publish_s,
         "drain": n / (last - first).total_seconds(),
         "wall_drain": n / wall,
-        "latency_p50": _p([(_ts(s) - _ts(q)).total_seconds() * 1000 for q, s, _, _ in paced], 50),
+        **_latency([(_ts(s) - _ts(q)).total_seconds() * 1000 for q, s, _, _ in paced]),
         "run_p50": _p([(_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c, _ in backlog], 50),
         "run_p99": _p([(_ts(c) - _ts(s)).total_seconds() * 1000 for _, s, c, _ in backlog], 99),
         "cpu_ms": cpu_ms,
@@ -288,7 +303,7 @@ def main() -> None:
         print(f"bare Celery (no-op task, no result backend, task events {events}):")
         print(
             f"  enqueue {bare['enqueue']:.0f}/s  drain {bare['drain']:.0f}/s  "
-            f"send->start p50 {bare['latency_p50']:.1f} ms (idle worker)  "
+            f"send->start {_latency_text(bare)} (idle worker)  "
             f"run p50 {bare['run_p50']:.2f} ms  CPU {_cpu(bare['cpu_ms'])}"
         )
     if floor and bare:
@@ -303,7 +318,7 @@ def main() -> None:
     print(
         f"  enqueue {mine['enqueue']:.1f}/s  drain {mine['drain']:.1f}/s "
         f"(first start to last completion; {mine['wall_drain']:.1f}/s from worker ready)  "
-        f"queued->started p50 {mine['latency_p50']:.1f} ms (idle worker)"
+        f"queued->started {_latency_text(mine)} (idle worker)"
     )
     print(f"  claim->recorded p50 {mine['run_p50']:.1f} ms  p99 {mine['run_p99']:.1f} ms")
     print(
