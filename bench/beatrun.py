@@ -130,8 +130,13 @@ def run_beat(kind: str, expect: int | None, until: float | None, keys: bool) -> 
 
     from kombu.transport.redis import PublishBatch
 
-    flush_batch = PublishBatch.flush
+    def discard(batch: Any) -> Any:
+        batched.clear()  # (an aborted batch: beat sends them again one by one)
+        return discard_batch(batch)
+
+    flush_batch, discard_batch = PublishBatch.flush, PublishBatch.discard
     PublishBatch.flush = flush  # type: ignore[method-assign]
+    PublishBatch.discard = discard  # type: ignore[method-assign]
     app.amqp.send_task_message = send_task_message
     PeriodicTask.objects.exists()  # connect first: the connection is not the scheduler's
     rss_setup = status_kib("VmRSS")

@@ -9,12 +9,14 @@ is re-published from the ledger by the recovery job.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import heapq
 import json
 import math
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -233,6 +235,10 @@ _ROW_FIELDS = (
     "priority",
     "headers",
 )
+
+
+#: A fire whose runs are already due when built flushes its publish batch this often.
+LATE_FLUSH_EVERY = 50
 
 
 class Scheduler(DatabaseScheduler):
@@ -708,12 +714,21 @@ class Scheduler(DatabaseScheduler):
         a run sent twice is still claimed once."""
         failed: list[tuple[Slot, dict[str, Any], dict[str, Any]]] = []
         try:
-            with producer.batch(max_size=2 * len(messages) + 1):
-                for message in messages:
-                    if not self._send(*message, producer, log=False):
-                        failed.append(message)
-                self._wait_until(at)
-        except Exception:  # noqa: BLE001 - the flush: sent again below
+            with producer.batch(max_size=sys.maxsize) as batch:  # (flushed here, not by size)
+                try:
+                    for index, message in enumerate(messages, start=1):
+                        if not self._send(*message, producer, log=False):
+                            failed.append(message)
+                        if index % LATE_FLUSH_EVERY == 0 and time.time() >= at:
+                            batch.flush()  # a large fire already late: out as it is built
+                    self._wait_until(at)
+                except (KeyboardInterrupt, SystemExit):
+                    # Beat is stopping (SIGTERM): what is built goes out now, a little
+                    # early, rather than wait for the recovery job.
+                    with contextlib.suppress(Exception):
+                        batch.flush()
+                    raise
+        except Exception:  # noqa: BLE001 - a flush: sent again below
             logger.warning(
                 "beat: %d runs may not have reached the broker; sending them one by one",
                 len(messages),

@@ -28,9 +28,6 @@ from .services import chains, executions, occurrences, recovery
 FRESH_CONNECTION_SECONDS = 1.0
 
 
-_collected_before_fork = False
-
-
 @signals.worker_before_create_process.connect
 def _freeze_before_fork(**_: Any) -> None:
     """In a prefork worker, before each pool process is forked: what the worker has loaded
@@ -38,12 +35,11 @@ def _freeze_before_fork(**_: Any) -> None:
     collector's sight (``gc.freeze``), as CPython advises for a parent that forks. A pool
     process then never walks it in a full collection (90 ms on a 2-core machine, a run
     started that late) and leaves the pages it shares with the parent untouched (the
-    collector writes into every object it walks). Collected once first, so no garbage is
-    frozen with it."""
-    global _collected_before_fork
-    if not _collected_before_fork:
-        gc.collect()
-        _collected_before_fork = True
+    collector writes into every object it walks). Collected first, what was frozen
+    before included, so no garbage is frozen for good (a pool process replaced later
+    forks from a parent that has reconnected, for one)."""
+    gc.unfreeze()
+    gc.collect()
     gc.freeze()
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,10 @@ def test_beat_loads_no_executor_no_task_module_and_no_model_admin(tmp_path: Path
     assert worker["admin"] == "AdminConfig" and worker["model_admins"] > 0
 
 
+class _Node:
+    me: object = None
+
+
 def test_a_prefork_worker_freezes_what_it_loaded_before_each_fork() -> None:
     """Celery's prefork pool sends worker_before_create_process in the worker before each
     pool process is forked: what is loaded by then is collected once and frozen."""
@@ -103,8 +108,18 @@ def test_a_prefork_worker_freezes_what_it_loaded_before_each_fork() -> None:
         signals.worker_before_create_process.send(sender=None)
         first = gc.get_freeze_count()
         assert first > 10_000  # Django, the executors, this test run
-        assert tasks._collected_before_fork
+        assert tasks._freeze_before_fork in [
+            receiver() for _, receiver in signals.worker_before_create_process.receivers
+        ]
+        # Garbage frozen with the first is collected before the next pool process.
+        node = _Node()
+        node.me = node  # a cycle: only the cyclic collector frees it
+        gone = weakref.ref(node)
+        gc.freeze()
+        del node
+        gc.collect()
+        assert gone() is not None  # frozen: out of the collector's sight
         signals.worker_before_create_process.send(sender=None)  # the next pool process
-        assert gc.get_freeze_count() >= first
+        assert gone() is None
     finally:
         gc.unfreeze()
