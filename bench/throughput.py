@@ -81,7 +81,12 @@ def _ts(value: object) -> datetime:
 
 
 def _p(values: list[float], pct: int) -> float:
-    return statistics.quantiles(values, n=100)[pct - 1] if len(values) > 1 else values[0]
+    # (inclusive: never beyond the largest value, as the default method can be)
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def _latency(values: list[float]) -> dict[str, float]:
