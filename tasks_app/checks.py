@@ -64,3 +64,20 @@ def check_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+@register()
+def check_beat_lead(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Beat decides a due run SCHEDULER_BEAT_LEAD_MS ahead; an edit saved within that
+    time applies only from the next occurrence, so it stays within a second."""
+    lead = settings.SCHEDULER_BEAT_LEAD_MS
+    if not 0 <= lead <= 1000:
+        return [
+            Error(
+                f"SCHEDULER_BEAT_LEAD_MS ({lead}) must be between 0 and 1000",
+                hint="an edit saved within the lead before an occurrence applies from the "
+                "next one; 100 (the default) leaves the database 100 ms to record a run",
+                id="tasks_app.E004",
+            )
+        ]
+    return []

@@ -252,3 +252,14 @@ def test_check_time_limits_passes_without_visibility_timeout(settings: Any) -> N
     settings.SCHEDULER_TASK_TIME_LIMIT = 100_000
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": "/tmp/q"}
     assert checks.check_time_limits() == []
+
+
+@pytest.mark.parametrize(
+    ("lead", "problems"),
+    [(100, []), (0, []), (1000, []), (-1, ["tasks_app.E004"]), (5000, ["tasks_app.E004"])],
+)
+def test_check_beat_lead_keeps_it_within_a_second(
+    settings: Any, lead: int, problems: list[str]
+) -> None:
+    settings.SCHEDULER_BEAT_LEAD_MS = lead
+    assert [p.id for p in checks.check_beat_lead()] == problems
