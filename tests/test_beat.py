@@ -128,11 +128,11 @@ def test_equality_hash_and_repr() -> None:
 # --- Entry and Scheduler against real rows and a real broker --------------------------
 
 
-@pytest.fixture
-def app() -> Iterator[Celery]:
+def beat_test_app(broker: str = "memory://") -> Celery:
+    """A Celery app of its own for beat tests, on a queue of its own."""
     import tasks_app.tasks  # noqa: F401  (shared_task: run_task joins every app)
 
-    app = Celery("beat-tests", broker="memory://", set_as_current=False)
+    app = Celery("beat-tests", broker=broker, set_as_current=False)
     app.conf.update(
         task_default_queue=f"beat-tests-{uuid.uuid4().hex}",
         task_serializer="json",
@@ -142,6 +142,12 @@ def app() -> Iterator[Celery]:
         result_expires=None,
         broker_connection_retry_on_startup=False,
     )
+    return app
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    app = beat_test_app()
     yield app
     app.close()
 
